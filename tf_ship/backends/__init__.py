@@ -1,0 +1,1 @@
+"""Tracker backends and the contract they implement (see `base`)."""

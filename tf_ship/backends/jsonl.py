@@ -1,0 +1,109 @@
+"""A backend that writes one JSON object per event: for scripts, pipes and tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from tf_ship.backends.base import FatalBackendError
+from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+
+
+def json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity: write those as the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+class JsonlBackend:
+    """Writes ``{"model", "metric", "step", "value"}`` lines (and ``{"model", "config"}`` lines).
+
+    `path` is a file to append to; without it, lines go to standard output.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = None if path in (None, "", "-") else Path(path)  # type: ignore[arg-type]
+        self._stream: IO[str] | None = None
+        self._closed = False
+
+    def open(self, run: RunInfo) -> None:  # noqa: ARG002 - nothing of the run is needed
+        """Open the output file (appending) or take standard output."""
+        if self.path is None:
+            self._stream = sys.stdout
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._stream = self.path.open("a", encoding="utf-8")
+
+    def _write(self, text: str) -> None:
+        if self._stream is None:
+            msg = "the jsonl backend was not opened"
+            raise RuntimeError(msg)
+        try:
+            self._stream.write(text)
+        except BrokenPipeError as error:
+            msg = "the reader of the output went away (broken pipe)"
+            raise FatalBackendError(msg) from error
+
+    def log_config(self, config: ModelConfig) -> None:
+        """Write the config as one line."""
+        record = {"model": config.model, "config": config.config}
+        self._write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+    def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Write one line per event."""
+        dumps = json.dumps
+        lines = [
+            dumps(
+                {
+                    "model": e.model,
+                    "metric": e.metric,
+                    "step": e.step,
+                    "value": json_number(e.value),
+                },
+                ensure_ascii=False,
+            )
+            for e in batch
+        ]
+        if lines:
+            self._write("\n".join(lines) + "\n")
+
+    def flush(self) -> None:
+        """Flush and fsync a file, flush standard output."""
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError as error:
+            msg = "the reader of the output went away (broken pipe)"
+            raise FatalBackendError(msg) from error
+        if self.path is not None:
+            import os  # noqa: PLC0415 - only files need it
+
+            os.fsync(self._stream.fileno())
+
+    def close(self, status: RunStatus) -> None:  # noqa: ARG002 - a file has no run status
+        """Flush and close the file; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            pass  # already reported by the call that met it
+        finally:
+            if stream is not sys.stdout:
+                stream.close()
+
+    def describe(self) -> dict[str, Any]:
+        """Where the output went, for the final summary."""
+        return {"path": str(self.path) if self.path else "<stdout>"}

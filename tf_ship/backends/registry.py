@@ -1,0 +1,87 @@
+"""Find a backend class by name: built-in, installed plugin, or ``package.module:Class``.
+
+Built-ins are named by import path and imported only when chosen, so that `tf-ship --help`
+never pays for a tracker SDK. Plugins register under the entry-point group `tf_ship.backends`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from tf_ship.backends.base import Backend
+
+ENTRY_POINT_GROUP = "tf_ship.backends"
+BUILTIN_BACKENDS: Mapping[str, str] = {
+    "jsonl": "tf_ship.backends.jsonl:JsonlBackend",
+    "null": "tf_ship.backends.null:NullBackend",
+    "wandb": "tf_ship.backends.wandb:WandbBackend",
+    "mlflow": "tf_ship.backends.mlflow:MlflowBackend",
+    "tensorboard": "tf_ship.backends.tensorboard:TensorBoardBackend",
+}
+
+BackendFactory = Callable[..., Backend]
+
+
+class UnknownBackendError(LookupError):
+    """No built-in, plugin or importable class has that name."""
+
+
+def plugin_backends() -> dict[str, str]:
+    """Installed plugins: name -> ``module:attr``."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_backends() -> dict[str, str]:
+    """Every backend name that `--backend` accepts without an import path."""
+    return {**plugin_backends(), **BUILTIN_BACKENDS}
+
+
+def import_object(path: str) -> Any:  # noqa: ANN401 - whatever the path names
+    """Import ``package.module:attr`` (attr may be dotted)."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        msg = f"{path!r} is not of the form package.module:Class"
+        raise UnknownBackendError(msg)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        msg = f"cannot import {module_name!r} for backend {path!r}: {error}"
+        raise UnknownBackendError(msg) from error
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as error:
+            msg = f"{module_name!r} has no attribute {attribute!r}"
+            raise UnknownBackendError(msg) from error
+    return target
+
+
+def backend_factory(name: str) -> BackendFactory:
+    """The class (or factory) for a backend name or import path."""
+    if name in BUILTIN_BACKENDS:
+        return import_object(BUILTIN_BACKENDS[name])  # type: ignore[no-any-return]
+    plugins = plugin_backends()
+    if name in plugins:
+        return import_object(plugins[name])  # type: ignore[no-any-return]
+    if ":" in name:
+        return import_object(name)  # type: ignore[no-any-return]
+    known = ", ".join(sorted(available_backends()))
+    msg = f"unknown backend {name!r} (known: {known}; or give package.module:Class)"
+    raise UnknownBackendError(msg)
+
+
+def create_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend:
+    """Build a backend from its name and keyword options."""
+    factory = backend_factory(name)
+    try:
+        backend = factory(**dict(options or {}))
+    except TypeError as error:
+        msg = f"backend {name!r} does not accept these options {sorted(options or {})}: {error}"
+        raise UnknownBackendError(msg) from error
+    if not isinstance(backend, Backend):
+        msg = f"{name!r} did not build a backend (it lacks open/log_config/log_metrics/flush/close)"
+        raise UnknownBackendError(msg)
+    return backend

@@ -1,0 +1,93 @@
+"""The value types that flow from the log to the backends.
+
+Every event remembers where it came from (file identity and byte offset), so that any event can
+be traced back to its line and replayed from there.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class FileIdentity:
+    """Which file a byte offset belongs to: device and inode, as `os.stat` reports them."""
+
+    device: int
+    inode: int
+
+    def __str__(self) -> str:
+        return f"{self.device}:{self.inode}"
+
+
+@attrs.frozen(slots=True)
+class MetricEvent:
+    """One metric line of the log: a value of `metric` for `model` at TorchFort step `step`."""
+
+    model: str
+    metric: str
+    step: int
+    value: float
+    file: FileIdentity | None = None
+    offset: int = -1
+
+    @property
+    def key(self) -> str:
+        """The name most trackers show: ``<model>/<metric>``."""
+        return f"{self.model}/{self.metric}"
+
+
+@attrs.frozen
+class ModelConfig:
+    """A model's YAML config, as TorchFort wrote it beside the log, with `identifier` removed."""
+
+    model: str
+    config: Mapping[str, Any]
+    path: Path | None = None
+    version: int = 0
+    written_ns: int = 0
+
+
+@attrs.frozen
+class RunInfo:
+    """What a backend needs to open (or reopen) its run."""
+
+    logdir: Path
+    log_file: Path
+    run_name: str | None = None
+    state: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class RunStatus(enum.Enum):
+    """How a run ended; trackers that know run states record it."""
+
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class SkipReason(enum.Enum):
+    """Why a line of the log was not shipped."""
+
+    NOT_A_METRIC_LINE = "not a metric line"
+    BAD_VALUE = "value is not a number"
+    BAD_STEP = "step is not a 64-bit integer"
+    NUL_BYTES = "NUL bytes"
+    TOO_LONG = "line longer than --max-line-bytes"
+    INCOMPLETE = "incomplete last line"
+    EMPTY = "empty line"
+
+
+@attrs.frozen
+class SkippedLine:
+    """A line that was counted and reported instead of shipped."""
+
+    reason: SkipReason
+    offset: int
+    line_number: int
+    excerpt: bytes

@@ -1,0 +1,279 @@
+"""The shipper: waits for the log, runs one worker per backend, decides when to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+import attrs
+
+from tf_ship.backends.base import Backend
+from tf_ship.shipper.configs import ConfigCatalog
+from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
+from tf_ship.shipper.monitor import BackendStats, Monitor
+from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSettings
+
+logger = logging.getLogger("tf_ship")
+
+LOG_NAME = "torchfort.log"
+
+
+class LogNotFoundError(FileNotFoundError):
+    """The log did not appear (in time)."""
+
+
+@attrs.frozen
+class ShipOptions:
+    """How to ship; the command line's options, in one value."""
+
+    follow: bool = True
+    wait: float | None = None
+    """Seconds to wait for the log to appear; None waits forever in follow mode, not at all
+    otherwise."""
+    timeout: float = 0.0
+    """Stop after this many seconds without new bytes in the log; 0 never does."""
+    poll_interval: float = 0.5
+    batch_size: int = 1000
+    max_line_bytes: int = 1 << 20
+    shutdown_timeout: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    run_name: str | None = None
+
+    def worker_settings(self) -> WorkerSettings:
+        """The part of the options each worker needs."""
+        return WorkerSettings(
+            follow=self.follow,
+            batch_size=self.batch_size,
+            min_poll_interval=min(0.05, self.poll_interval),
+            poll_interval=self.poll_interval,
+            max_line_bytes=self.max_line_bytes,
+            retry=self.retry,
+        )
+
+
+@attrs.define
+class ShipReport:
+    """What happened, for the final summary and the exit code."""
+
+    log_file: Path
+    lines_read: int
+    skipped: dict[SkipReason, int]
+    backends: list[BackendStats]
+    elapsed: float
+    stop_reason: str
+
+    @property
+    def ok(self) -> bool:
+        """True when every backend shipped everything it was given."""
+        return not any(stats.failed for stats in self.backends)
+
+    def summary(self) -> str:
+        """A few lines for a person: lines read, per backend outcome, skips, time."""
+        skipped = sum(self.skipped.values())
+        rate = self.lines_read / self.elapsed if self.elapsed > 0 else 0.0
+        lines = [
+            f"tf-ship: {self.stop_reason}; read {self.lines_read} lines of {self.log_file} "
+            f"in {self.elapsed:.2f} s ({rate:,.0f} lines/s), skipped {skipped}",
+        ]
+        lines.extend(
+            f"  skipped {count}: {reason.value}"
+            for reason, count in sorted(self.skipped.items(), key=lambda item: -item[1])
+        )
+        for stats in self.backends:
+            status = stats.status.value if stats.status else "NOT STARTED"
+            line = (
+                f"  backend {stats.name}: {status}, {stats.events} events, "
+                f"{stats.configs} configs, {stats.retries} retries"
+            )
+            if stats.rejected:
+                line += f", {stats.rejected} refused"
+            if stats.error:
+                line += f"; error: {stats.error}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+class Shipper:
+    """Ships one TorchFort log to several backends at once."""
+
+    def __init__(
+        self,
+        log_file: Path,
+        backends: Sequence[tuple[str, Backend]] | Mapping[str, Backend],
+        options: ShipOptions | None = None,
+    ) -> None:
+        self.log_file = Path(log_file)
+        self.backends = list(backends.items() if isinstance(backends, Mapping) else backends)
+        names = [name for name, _ in self.backends]
+        if len(set(names)) != len(names):
+            msg = f"backend names must be unique, got {names}"
+            raise ValueError(msg)
+        if not self.backends:
+            msg = "at least one backend is needed"
+            raise ValueError(msg)
+        self.options = options or ShipOptions()
+        self.control = Control()
+        self.monitor = Monitor()
+        self._stop_reason: str | None = None
+        self._signals = 0
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Stop reading; every backend flushes and closes its run (status KILLED)."""
+        self._stop_reason = self._stop_reason or reason
+        self.control.stop.set()
+
+    def request_drain(self, reason: str) -> None:
+        """Ship what the log holds now, then stop (status FINISHED)."""
+        self._stop_reason = self._stop_reason or reason
+        self.control.drain.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: first one stops cleanly, a second one exits at once."""
+
+        def handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+            self._signals += 1
+            name = signal.Signals(signum).name
+            if self._signals > 1:
+                os._exit(128 + signum)
+            logger.warning("%s received: finishing (send it again to exit at once)", name)
+            self.request_stop(f"stopped by {name}")
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self) -> ShipReport:
+        """Wait for the log, ship it, return the report."""
+        started = time.monotonic()
+        workers: list[BackendWorker] = []
+        if self._wait_for_log():
+            workers = self._start_workers()
+            self._supervise(workers)
+        return ShipReport(
+            self.log_file,
+            self.monitor.lines_read,
+            dict(self.monitor.skipped),
+            [worker.stats for worker in workers],
+            time.monotonic() - started,
+            self._stop_reason or "end of log",
+        )
+
+    def _wait_for_log(self) -> bool:
+        options = self.options
+        if self.log_file.exists():
+            return True
+        limit = options.wait if options.wait is not None else (None if options.follow else 0.0)
+        if limit == 0.0:
+            msg = f"{self.log_file} does not exist"
+            raise LogNotFoundError(msg)
+        what = self.log_file if self.log_file.parent.is_dir() else self.log_file.parent
+        logger.info("waiting for %s to appear%s", what, f" (up to {limit:g} s)" if limit else "")
+        deadline = None if limit is None else time.monotonic() + limit
+        interval = 0.05
+        while not self.log_file.exists():
+            if self.control.stop.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                msg = f"{self.log_file} did not appear within {limit:g} s"
+                raise LogNotFoundError(msg)
+            self.control.stop.wait(interval)
+            interval = min(interval * 1.5, options.poll_interval)
+        return True
+
+    def _start_workers(self) -> list[BackendWorker]:
+        logdir = self.log_file.parent
+        catalog = ConfigCatalog(logdir)
+        run = RunInfo(logdir, self.log_file, self.options.run_name)
+        settings = self.options.worker_settings()
+        workers = [
+            BackendWorker(
+                name,
+                backend,
+                run,
+                catalog=catalog,
+                monitor=self.monitor,
+                control=self.control,
+                settings=settings,
+            )
+            for name, backend in self.backends
+        ]
+        for worker in workers:
+            worker.start()
+        return workers
+
+    def _supervise(self, workers: list[BackendWorker]) -> None:
+        """Watch for inactivity and stop requests until every worker has finished."""
+        options = self.options
+        last_seen = _file_signature(self.log_file)
+        last_change = time.monotonic()
+        while any(worker.is_alive() for worker in workers):
+            if self.control.stop.is_set():
+                self._join(workers, options.shutdown_timeout)
+                return
+            if options.timeout > 0 and options.follow and not self.control.drain.is_set():
+                seen = _file_signature(self.log_file)
+                now = time.monotonic()
+                if seen != last_seen:
+                    last_seen, last_change = seen, now
+                elif now - last_change >= options.timeout:
+                    logger.info(
+                        "no new lines for %g s: shipping the rest and stopping", options.timeout
+                    )
+                    self.request_drain(f"no new lines for {options.timeout:g} s")
+            for worker in workers:
+                worker.join(0.1 / len(workers))
+
+    def _join(self, workers: list[BackendWorker], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            if worker.is_alive():
+                worker.stats.error = f"did not finish within the shutdown timeout ({timeout:g} s)"
+                worker.stats.status = RunStatus.FAILED
+                logger.error("backend %s %s", worker.stats.name, worker.stats.error)
+
+
+def _file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size)
+
+
+def ship(
+    log: str | os.PathLike[str],
+    backends: Sequence[tuple[str, Backend]] | Mapping[str, Backend] | Sequence[Backend],
+    *,
+    follow: bool = False,
+    **options: object,
+) -> ShipReport:
+    """Ship a TorchFort log (a `torchfort.log` file or its directory) to backends, from Python.
+
+    `backends` maps names to backend instances (a plain list is named by class). Other keyword
+    arguments are `ShipOptions` fields. Returns the report; raises `LogNotFoundError` when the
+    log is missing and not waited for.
+    """
+    path = Path(log)
+    if path.is_dir() or path.suffix != ".log":
+        path = path / LOG_NAME
+    named: Sequence[tuple[str, Backend]] | Mapping[str, Backend]
+    if isinstance(backends, Mapping):
+        named = backends
+    else:
+        items = list(backends)
+        if items and not isinstance(items[0], tuple):
+            named = [(f"{type(b).__name__.lower()}-{i}", b) for i, b in enumerate(items)]  # type: ignore[misc]
+        else:
+            named = items  # type: ignore[assignment]
+    shipper = Shipper(path, named, ShipOptions(follow=follow, **options))  # type: ignore[arg-type]
+    return shipper.run()

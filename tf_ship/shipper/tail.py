@@ -1,0 +1,295 @@
+"""Follow a growing log file by polling, on bytes, with a cursor that survives restarts.
+
+Polling (not inotify) because writes made on another node of a network filesystem are invisible
+to inotify. The tailer never holds more than one read block: it re-reads a partial last line on
+the next poll instead of buffering it, and it never delivers half a line.
+
+The cursor is the offset of the first byte not yet delivered, in a file named by its identity
+(device, inode) and checked with a fingerprint of the bytes just before the offset, so that a
+truncated, replaced or rewritten file is noticed instead of trusted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from tf_ship.shipper.events import FileIdentity, SkippedLine, SkipReason
+
+READ_BLOCK = 1 << 20
+FINGERPRINT_BYTES = 64
+EXCERPT_BYTES = 120
+
+
+@attrs.frozen
+class Cursor:
+    """Where delivery stands: the next byte to deliver in one file, and how to recognise it."""
+
+    file: FileIdentity | None = None
+    offset: int = 0
+    line_number: int = 0
+    fingerprint: int = 0
+
+    def to_json(self) -> dict[str, int | None]:
+        """The cursor as plain JSON values, for the state file."""
+        return {
+            "device": None if self.file is None else self.file.device,
+            "inode": None if self.file is None else self.file.inode,
+            "offset": self.offset,
+            "line_number": self.line_number,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, int | None]) -> Cursor:
+        """Inverse of `to_json`."""
+        device, inode = data.get("device"), data.get("inode")
+        identity = None if device is None or inode is None else FileIdentity(device, inode)
+        return cls(
+            identity,
+            int(data.get("offset") or 0),
+            int(data.get("line_number") or 0),
+            int(data.get("fingerprint") or 0),
+        )
+
+
+@attrs.frozen
+class Chunk:
+    """Complete lines read from the log, and the cursor just after them."""
+
+    data: bytes
+    file: FileIdentity
+    offset: int
+    line_number: int
+    end: Cursor
+
+
+@attrs.define
+class TailRead:
+    """What one poll found."""
+
+    chunk: Chunk | None = None
+    skipped: list[SkippedLine] = attrs.field(factory=list)
+    notices: list[str] = attrs.field(factory=list)
+    at_end: bool = True
+    exists: bool = True
+
+
+def _identity(stat: os.stat_result) -> FileIdentity:
+    return FileIdentity(stat.st_dev, stat.st_ino)
+
+
+def _fingerprint(before: bytes) -> int:
+    return zlib.crc32(before[-FINGERPRINT_BYTES:])
+
+
+@attrs.define
+class Tailer:
+    """Reads complete lines from `path` as they are appended.
+
+    `nul_grace` is how long a line holding NUL bytes is held back in follow mode: on a network
+    filesystem such bytes are often pages that the writer's node has not flushed yet, and a
+    second look finds the real text. `clock` is injectable for tests.
+    """
+
+    path: Path
+    cursor: Cursor = attrs.field(factory=Cursor)
+    read_block: int = READ_BLOCK
+    max_line_bytes: int = 1 << 20
+    nul_grace: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    _fd: int | None = attrs.field(default=None, init=False)
+    _identity: FileIdentity | None = attrs.field(default=None, init=False)
+    _discarding: bool = attrs.field(default=False, init=False)
+    _nul_since: float | None = attrs.field(default=None, init=False)
+    _resumed: bool = attrs.field(default=False, init=False)
+    generation: int = attrs.field(default=0, init=False)
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self, *, hold_nul: bool = True) -> TailRead:  # noqa: C901, PLR0912 - one state machine
+        """Poll the file once and deliver at most one block of complete lines."""
+        result = TailRead()
+        if self._fd is None and not self._open(result):
+            result.exists = False
+            return result
+        assert self._fd is not None  # noqa: S101 - narrowed for the type checker
+        size = os.fstat(self._fd).st_size
+        offset = self.cursor.offset
+        if size < offset:
+            result.notices.append(
+                f"{self.path} was truncated ({size} bytes, cursor at {offset}): "
+                "shipping from its start"
+            )
+            self._restart_from_zero()
+            offset = 0
+        elif size > offset and offset > 0 and not self._still_same_bytes():
+            result.notices.append(
+                f"{self.path} was rewritten below the cursor (offset {offset}): "
+                "shipping from its start"
+            )
+            self._restart_from_zero()
+            offset = 0
+        if size == offset:
+            if self._switch_if_replaced(result, pending=0):
+                return self.read(hold_nul=hold_nul)
+            return result
+        data = os.pread(self._fd, min(self.read_block, size - offset), offset)
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._advance(data, 0)
+                result.at_end = offset + len(data) >= size
+                return result
+            self._advance(data[: newline + 1], 0)
+            self._discarding = False
+            data = data[newline + 1 :]
+            offset = self.cursor.offset
+        last_newline = data.rfind(b"\n")
+        if last_newline < 0:
+            if len(data) > self.max_line_bytes:
+                result.skipped.append(self._too_long(data))
+                self._discarding = True
+                self._advance(data, 0)
+            elif self._switch_if_replaced(result, pending=len(data)):
+                return self.read(hold_nul=hold_nul)
+            result.at_end = offset + len(data) >= size
+            return result
+        complete = data[: last_newline + 1]
+        if hold_nul:
+            complete = self._hold_back_nul(complete)
+        if complete:
+            start, lines = self.cursor.offset, self.cursor.line_number
+            self._advance(complete, complete.count(b"\n"))
+            assert self._identity is not None  # noqa: S101 - set by _open
+            result.chunk = Chunk(complete, self._identity, start, lines, self.cursor)
+        result.at_end = self.cursor.offset + (len(data) - len(complete)) >= size
+        if not complete:
+            result.at_end = True
+        return result
+
+    def _open(self, result: TailRead) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
+        self._fd = fd
+        self._identity = _identity(os.fstat(fd))
+        saved = self.cursor
+        if saved.file is not None and saved.offset > 0:
+            if saved.file != self._identity:
+                result.notices.append(f"{self.path} is a new file since the cursor was saved")
+                self._restart_from_zero()
+            elif os.fstat(fd).st_size < saved.offset or not self._still_same_bytes():
+                result.notices.append(f"{self.path} changed below the saved cursor")
+                self._restart_from_zero()
+            else:
+                self._resumed = True
+        self.cursor = attrs.evolve(self.cursor, file=self._identity)
+        return True
+
+    def _still_same_bytes(self) -> bool:
+        """Check the bytes before the cursor against its fingerprint (cheap: one small read)."""
+        assert self._fd is not None  # noqa: S101
+        offset = self.cursor.offset
+        length = min(offset, FINGERPRINT_BYTES)
+        before = os.pread(self._fd, length, offset - length)
+        return _fingerprint(before) == self.cursor.fingerprint
+
+    def _restart_from_zero(self) -> None:
+        self.generation += 1
+        self.cursor = Cursor(self._identity, 0, 0, _fingerprint(b""))
+        self._discarding = False
+        self._nul_since = None
+
+    def cursor_at(self, offset: int, line_number: int) -> Cursor:
+        """A cursor at a line start before the tailer's own cursor (for a stop mid-chunk)."""
+        assert self._fd is not None  # noqa: S101
+        length = min(offset, FINGERPRINT_BYTES)
+        before = os.pread(self._fd, length, offset - length)
+        return Cursor(self._identity, offset, line_number, _fingerprint(before))
+
+    def _advance(self, consumed: bytes, lines: int) -> None:
+        cursor = self.cursor
+        offset = cursor.offset + len(consumed)
+        if len(consumed) >= FINGERPRINT_BYTES:
+            fingerprint = _fingerprint(consumed)
+        else:
+            assert self._fd is not None  # noqa: S101
+            length = min(offset, FINGERPRINT_BYTES)
+            fingerprint = _fingerprint(os.pread(self._fd, length, offset - length))
+        self.cursor = Cursor(self._identity, offset, cursor.line_number + lines, fingerprint)
+
+    def _hold_back_nul(self, complete: bytes) -> bytes:
+        nul = complete.find(b"\x00")
+        if nul < 0:
+            self._nul_since = None
+            return complete
+        now = self.clock()
+        if self._nul_since is None:
+            self._nul_since = now
+        if now - self._nul_since >= self.nul_grace:
+            self._nul_since = None
+            return complete
+        return complete[: complete.rfind(b"\n", 0, nul) + 1]
+
+    def _too_long(self, data: bytes) -> SkippedLine:
+        return SkippedLine(
+            SkipReason.TOO_LONG,
+            self.cursor.offset,
+            self.cursor.line_number + 1,
+            data[:EXCERPT_BYTES],
+        )
+
+    def _switch_if_replaced(self, result: TailRead, *, pending: int) -> bool:
+        """At the end of the old file, move to a new file at the same path, if there is one."""
+        try:
+            current = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            return False  # deleted: the writer may still append to the open file
+        if current == self._identity:
+            return False
+        if pending:
+            assert self._fd is not None  # noqa: S101
+            partial = os.pread(self._fd, min(pending, EXCERPT_BYTES), self.cursor.offset)
+            result.skipped.append(
+                SkippedLine(
+                    SkipReason.INCOMPLETE,
+                    self.cursor.offset,
+                    self.cursor.line_number + 1,
+                    partial,
+                )
+            )
+        result.notices.append(f"{self.path} was replaced by a new file: shipping it from its start")
+        self.close()
+        self.cursor = Cursor()
+        self.generation += 1
+        self._discarding = False
+        self._nul_since = None
+        return True
+
+    def pending_partial(self) -> SkippedLine | None:
+        """The incomplete last line, if any, for the final report at shutdown."""
+        if self._fd is None:
+            return None
+        size = os.fstat(self._fd).st_size
+        if size <= self.cursor.offset or self._discarding:
+            return None
+        partial = os.pread(
+            self._fd, min(size - self.cursor.offset, EXCERPT_BYTES), self.cursor.offset
+        )
+        return SkippedLine(
+            SkipReason.INCOMPLETE, self.cursor.offset, self.cursor.line_number + 1, partial
+        )

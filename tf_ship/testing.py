@@ -1,0 +1,115 @@
+"""Backends for tests: one that records every call, one that fails on purpose.
+
+Plugin authors can use them to test code around tf-ship; tf-ship's own tests use them to check
+isolation and retries. They are real backends: give them to `tf_ship.ship` or `--backend
+tf_ship.testing:RecordingBackend`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import attrs
+
+from tf_ship.backends.base import PermanentBackendError
+from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+
+__all__ = ["FailingBackend", "RecordingBackend"]
+
+
+@attrs.define
+class RecordingBackend:
+    """Keeps everything it is given, in order, for assertions.
+
+    `flushed` holds only events that were followed by a `flush`: what the engine may count as
+    delivered.
+    """
+
+    run: RunInfo | None = None
+    configs: list[ModelConfig] = attrs.field(factory=list)
+    events: list[MetricEvent] = attrs.field(factory=list)
+    flushed: list[MetricEvent] = attrs.field(factory=list)
+    batches: list[int] = attrs.field(factory=list)
+    status: RunStatus | None = None
+    close_calls: int = 0
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
+
+    def open(self, run: RunInfo) -> None:
+        """Remember the run."""
+        self.run = run
+
+    def log_config(self, config: ModelConfig) -> None:
+        """Remember the config."""
+        with self._lock:
+            self.configs.append(config)
+
+    def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Remember the events and the batch size."""
+        with self._lock:
+            self.events.extend(batch)
+            self.batches.append(len(batch))
+
+    def flush(self) -> None:
+        """Mark everything so far as delivered."""
+        with self._lock:
+            self.flushed[:] = self.events
+
+    def close(self, status: RunStatus) -> None:
+        """Remember the status of the first close."""
+        self.close_calls += 1
+        if self.status is None:
+            self.status = status
+
+
+@attrs.define
+class FailingBackend:
+    """Raises from the chosen methods: always, or for the first `failures` calls.
+
+    With `permanent`, raises `PermanentBackendError` (input refused for good); otherwise a
+    `ConnectionError` (transient: the engine retries). Calls that do not fail are recorded in
+    `recorder`.
+    """
+
+    fail_on: Sequence[str] = ("open", "log_config", "log_metrics", "flush", "close")
+    failures: int | None = None
+    permanent: bool = False
+    recorder: RecordingBackend = attrs.field(factory=RecordingBackend)
+    calls: int = 0
+
+    def _maybe_fail(self, method: str) -> None:
+        if method not in self.fail_on:
+            return
+        if self.failures is not None and self.calls >= self.failures:
+            return
+        self.calls += 1
+        if self.permanent:
+            msg = f"{method} refused on purpose"
+            raise PermanentBackendError(msg)
+        msg = f"{method} failed on purpose"
+        raise ConnectionError(msg)
+
+    def open(self, run: RunInfo) -> None:
+        """Fail or record."""
+        self._maybe_fail("open")
+        self.recorder.open(run)
+
+    def log_config(self, config: ModelConfig) -> None:
+        """Fail or record."""
+        self._maybe_fail("log_config")
+        self.recorder.log_config(config)
+
+    def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Fail or record."""
+        self._maybe_fail("log_metrics")
+        self.recorder.log_metrics(batch)
+
+    def flush(self) -> None:
+        """Fail or record."""
+        self._maybe_fail("flush")
+        self.recorder.flush()
+
+    def close(self, status: RunStatus) -> None:
+        """Fail or record."""
+        self.recorder.close(status)
+        self._maybe_fail("close")
