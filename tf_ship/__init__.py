@@ -3,7 +3,9 @@
 The public API::
 
     import tf_ship
-    report = tf_ship.ship("/path/to/logdir", {"out": tf_ship.backends.jsonl.JsonlBackend("m.jsonl")})
+    from tf_ship.backends.jsonl import JsonlBackend
+
+    report = tf_ship.ship("/path/to/logdir", {"out": JsonlBackend("metrics.jsonl")})
 
 and the `Backend` protocol for writing backends of your own (see docs/writing-a-backend.md).
 """

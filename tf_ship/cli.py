@@ -21,21 +21,19 @@ LOG_NAME = "torchfort.log"
 EXIT_FAILURE = 1
 
 
-def _backend_option_decorators() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
-    decorators = []
-    for backend, options in BACKEND_OPTIONS.items():
-        for option in options:
-            decorators.append(
-                click.option(
-                    option.flag,
-                    *option.aliases,
-                    _param_name(backend, option),
-                    multiple=option.multiple,
-                    metavar=option.metavar,
-                    help=option.help,
-                )
-            )
-    return decorators
+def _backend_option_decorators() -> list[Callable[[Any], Any]]:
+    return [
+        click.option(
+            option.flag,
+            *option.aliases,
+            _param_name(backend, option),
+            multiple=option.multiple,
+            metavar=option.metavar,
+            help=option.help,
+        )
+        for backend, options in BACKEND_OPTIONS.items()
+        for option in options
+    ]
 
 
 def _param_name(backend: str, option: BackendOption) -> str:
@@ -98,6 +96,16 @@ def _resolve_log_file(logdir: str | None, log_file: str | None, example: bool) -
     raise click.UsageError(msg)
 
 
+def _state_path(log_file: Path, *, state: bool, state_file: str | None) -> Path | None:
+    if state_file:
+        return Path(state_file)
+    if not state:
+        return None
+    from tf_ship.shipper.state import STATE_NAME  # noqa: PLC0415
+
+    return log_file.parent / STATE_NAME
+
+
 def _apply(decorators: Sequence[Callable[[Any], Any]], function: Any) -> Any:  # noqa: ANN401
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -120,6 +128,9 @@ def _main(  # noqa: PLR0913 - one parameter per option
     shutdown_timeout: float,
     retry_timeout: float,
     run_name: str | None,
+    state: bool,
+    state_file: str | None,
+    fresh: bool,
     verbose: int,
     quiet: bool,
     **backend_params: Any,  # noqa: ANN401
@@ -157,6 +168,8 @@ def _main(  # noqa: PLR0913 - one parameter per option
         shutdown_timeout=shutdown_timeout,
         retry=RetryPolicy(give_up_after=retry_timeout),
         run_name=run_name,
+        state_file=_state_path(path, state=state and not example, state_file=state_file),
+        fresh=fresh,
     )
     shipper = Shipper(path, built, options)
     shipper.install_signal_handlers()
@@ -262,6 +275,23 @@ _OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--run-name", "--run_tag", "run_name", metavar="NAME", help="Name of the tracker runs."
+    ),
+    click.option(
+        "--state/--no-state",
+        default=True,
+        show_default=True,
+        help="Keep cursors and run ids in a state file beside the log, so that a restarted "
+        "tf-ship reopens the same runs and continues where it stopped (off with --example).",
+    ),
+    click.option(
+        "--state-file",
+        metavar="FILE",
+        help="Where to keep the state [default: LOGDIR/.tf-ship-state.json].",
+    ),
+    click.option(
+        "--fresh",
+        is_flag=True,
+        help="Ignore the saved state: new runs, from the start of the log.",
     ),
     click.option("--verbose", "-v", count=True, help="Say more (repeat for debug output)."),
     click.option("--quiet", "-q", is_flag=True, help="Only errors, and the summary on failure."),

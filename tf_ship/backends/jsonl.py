@@ -29,7 +29,7 @@ class JsonlBackend:
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = None if path in (None, "", "-") else Path(path)  # type: ignore[arg-type]
+        self.path = None if path is None or str(path) in ("", "-") else Path(path)
         self._stream: IO[str] | None = None
         self._closed = False
 

@@ -16,6 +16,7 @@ from tf_ship.backends.base import Backend
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
 from tf_ship.shipper.monitor import BackendStats, Monitor
+from tf_ship.shipper.state import BackendState, StateStore
 from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSettings
 
 logger = logging.getLogger("tf_ship")
@@ -41,8 +42,14 @@ class ShipOptions:
     batch_size: int = 1000
     max_line_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     run_name: str | None = None
+    state_file: Path | None = None
+    """Where cursors and run ids are kept between runs; None keeps none."""
+    fresh: bool = False
+    """Ignore the saved state: start new runs from the start of the log."""
+    state_interval: float = 1.0
+    """Seconds between two saves of the state while shipping."""
 
     def worker_settings(self) -> WorkerSettings:
         """The part of the options each worker needs."""
@@ -77,8 +84,10 @@ class ShipReport:
         skipped = sum(self.skipped.values())
         rate = self.lines_read / self.elapsed if self.elapsed > 0 else 0.0
         lines = [
-            f"tf-ship: {self.stop_reason}; read {self.lines_read} lines of {self.log_file} "
-            f"in {self.elapsed:.2f} s ({rate:,.0f} lines/s), skipped {skipped}",
+            (
+                f"tf-ship: {self.stop_reason}; read {self.lines_read} lines of {self.log_file} "
+                f"in {self.elapsed:.2f} s ({rate:,.0f} lines/s), skipped {skipped}"
+            ),
         ]
         lines.extend(
             f"  skipped {count}: {reason.value}"
@@ -121,6 +130,8 @@ class Shipper:
         self.monitor = Monitor()
         self._stop_reason: str | None = None
         self._signals = 0
+        state_file = self.options.state_file
+        self.state = None if state_file is None else StateStore(Path(state_file))
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -188,36 +199,71 @@ class Shipper:
             interval = min(interval * 1.5, options.poll_interval)
         return True
 
+    def _saved_state(self) -> dict[str, BackendState]:
+        if self.state is None:
+            return {}
+        if self.options.fresh:
+            logger.info("--fresh: ignoring the saved state in %s", self.state.path)
+            return {}
+        saved = self.state.load()
+        for name in saved:
+            if name in dict(self.backends):
+                logger.info(
+                    "backend %s resumes at line %d", name, saved[name].cursor.line_number + 1
+                )
+        return saved
+
     def _start_workers(self) -> list[BackendWorker]:
         logdir = self.log_file.parent
         catalog = ConfigCatalog(logdir)
-        run = RunInfo(logdir, self.log_file, self.options.run_name)
         settings = self.options.worker_settings()
-        workers = [
-            BackendWorker(
-                name,
-                backend,
-                run,
-                catalog=catalog,
-                monitor=self.monitor,
-                control=self.control,
-                settings=settings,
+        saved = self._saved_state()
+        workers = []
+        for name, backend in self.backends:
+            state = saved.get(name, BackendState())
+            run = RunInfo(logdir, self.log_file, self.options.run_name, state.resume)
+            workers.append(
+                BackendWorker(
+                    name,
+                    backend,
+                    run,
+                    catalog=catalog,
+                    monitor=self.monitor,
+                    control=self.control,
+                    settings=settings,
+                    cursor=state.cursor if state.cursor.file is not None else None,
+                )
             )
-            for name, backend in self.backends
-        ]
         for worker in workers:
             worker.start()
         return workers
 
     def _supervise(self, workers: list[BackendWorker]) -> None:
         """Watch for inactivity and stop requests until every worker has finished."""
+        try:
+            self._supervise_loop(workers)
+        finally:
+            self._save_state(workers)
+
+    def _save_state(self, workers: list[BackendWorker]) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.save({worker.stats.name: worker.snapshot() for worker in workers})
+        except OSError as error:
+            logger.warning("could not save the state to %s: %s", self.state.path, error)
+
+    def _supervise_loop(self, workers: list[BackendWorker]) -> None:
         options = self.options
         last_seen = _file_signature(self.log_file)
-        last_change = time.monotonic()
+        last_change = last_save = time.monotonic()
         while any(worker.is_alive() for worker in workers):
             if self.control.stop.is_set():
                 self._join(workers, options.shutdown_timeout)
                 return
+            if time.monotonic() - last_save >= options.state_interval:
+                self._save_state(workers)
+                last_save = time.monotonic()
             if options.timeout > 0 and options.follow and not self.control.drain.is_set():
                 seen = _file_signature(self.log_file)
                 now = time.monotonic()

@@ -7,6 +7,7 @@ backend. The cursor advances only after the backend's `flush` returned.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -22,10 +23,13 @@ from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import MetricEvent, RunInfo, RunStatus
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.parse import LineParser
+from tf_ship.shipper.state import BackendState
 from tf_ship.shipper.tail import Chunk, Cursor, Tailer
 
 logger = logging.getLogger("tf_ship")
 T = TypeVar("T")
+FORCED_SCAN_INTERVAL = 0.5
+"""Seconds between two rescans for a model without a config (TorchFort writes none for some)."""
 
 
 class BackendFailedError(Exception):
@@ -66,7 +70,7 @@ class WorkerSettings:
     poll_interval: float = 0.5
     max_line_bytes: int = 1 << 20
     nul_grace: float = 2.0
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
 
 
 class BackendWorker(threading.Thread):
@@ -100,7 +104,9 @@ class BackendWorker(threading.Thread):
         )
         self.parser = LineParser(settings.max_line_bytes)
         self.cursor = self.tailer.cursor
+        self.resume: dict[str, Any] = dict(run.state)
         self._sent_configs: dict[str, Any] = {}
+        self._last_forced_scan = -FORCED_SCAN_INTERVAL
         self._lines = 0
 
     # -- the thread ---------------------------------------------------------------------------
@@ -109,6 +115,7 @@ class BackendWorker(threading.Thread):
         """Open, ship until told to stop or the log ends, close with the right status."""
         try:
             self._retrying("open the run", lambda: self.backend.open(self.run_info))
+            self._remember_run()
             self._loop()
         except BackendFailedError as error:
             self.stats.error = str(error)
@@ -117,6 +124,15 @@ class BackendWorker(threading.Thread):
             logger.exception("backend %s stopped by an unexpected error", self.stats.name)
         finally:
             self._close()
+
+    def snapshot(self) -> BackendState:
+        """The cursor and run facts to save: everything before the cursor was flushed."""
+        return BackendState(self.cursor, self.resume)
+
+    def _remember_run(self) -> None:
+        resume_state = getattr(self.backend, "resume_state", None)
+        if callable(resume_state):
+            self.resume = dict(resume_state())
 
     def _close(self) -> None:
         if self.stats.error is not None:
@@ -173,32 +189,41 @@ class BackendWorker(threading.Thread):
         events = parsed.events
         size = self.settings.batch_size
         for start in range(0, len(events), size):
-            if self.control.stop.is_set():
-                offset = events[start].offset
-                lines = chunk.data.count(b"\n", 0, offset - chunk.offset)
-                self.cursor = self.tailer.cursor_at(offset, chunk.line_number + lines)
-                return
             batch = events[start : start + size]
             self._send_configs({event.model for event in batch})
             self._deliver(batch)
+            if start + size < len(events):
+                self._move_cursor(chunk, events[start + size].offset)
+                if self.control.stop.is_set():
+                    return
         self.cursor = chunk.end
         self._lines += parsed.lines
         self.stats.lines = self._lines
         self.monitor.read_up_to(self._lines)
+
+    def _move_cursor(self, chunk: Chunk, offset: int) -> None:
+        """Put the cursor at the start of the line at `offset` (the next one to ship)."""
+        lines = chunk.line_number + chunk.data.count(b"\n", 0, offset - chunk.offset)
+        self.cursor = self.tailer.cursor_at(offset, lines)
 
     def _send_configs(self, models: Iterable[str]) -> None:
         """Send the config of each model that has a new or changed one."""
         models = list(models)
         if not models:
             return
+        now = time.monotonic()
         missing = any(model not in self._sent_configs for model in models)
-        configs = self.catalog.configs(force=missing)
+        force = missing and now - self._last_forced_scan >= FORCED_SCAN_INTERVAL
+        if force:
+            self._last_forced_scan = now
+        configs = self.catalog.configs(force=force)
         for model in models:
             config = configs.get(model)
             if config is None or self._sent_configs.get(model) == config.config:
                 continue
             self._retrying(
-                f"record the config of {model!r}", lambda c=config: self.backend.log_config(c)
+                f"record the config of {model!r}",
+                functools.partial(self.backend.log_config, config),
             )
             self._sent_configs[model] = config.config
             self.stats.configs += 1

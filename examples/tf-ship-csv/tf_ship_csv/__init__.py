@@ -1,0 +1,62 @@
+"""An example tf-ship backend: one CSV row per metric event, configs as JSON beside it.
+
+Install it (``pip install ./examples/tf-ship-csv``) and use it by name::
+
+    tf-ship --logdir run1 --backend csv --backend-opt csv.path=metrics.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from tf_ship import MetricEvent, ModelConfig, RunInfo, RunStatus
+
+__all__ = ["CsvBackend"]
+
+HEADER = ("model", "metric", "step", "value")
+
+
+class CsvBackend:
+    """Appends ``model,metric,step,value`` rows to `path`; writes ``<path>.configs.json``."""
+
+    def __init__(self, path: str = "metrics.csv") -> None:
+        self.path = Path(path)
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        self._configs: dict[str, object] = {}
+
+    def open(self, run: RunInfo) -> None:  # noqa: ARG002 - a CSV file has no run to name
+        """Open the file for appending; write the header into a new file."""
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(HEADER)
+
+    def log_config(self, config: ModelConfig) -> None:
+        """Keep the newest config of each model in a JSON file beside the CSV."""
+        self._configs[config.model] = config.config
+        side = self.path.with_name(self.path.name + ".configs.json")
+        side.write_text(json.dumps(self._configs, indent=2, default=str), encoding="utf-8")
+
+    def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """One row per event; Python's repr keeps nan, inf and every digit."""
+        assert self._writer is not None  # noqa: S101 - open() comes first by contract
+        self._writer.writerows((e.model, e.metric, e.step, repr(e.value)) for e in batch)
+
+    def flush(self) -> None:
+        """Make the rows durable: the engine moves its cursor once this returns."""
+        assert self._file is not None  # noqa: S101
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self, status: RunStatus) -> None:  # noqa: ARG002 - a CSV file has no status
+        """Close the file; a second call finds nothing to close."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
