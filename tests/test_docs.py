@@ -1,0 +1,38 @@
+"""The documentation stays true to the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tf_ship
+from tf_ship.cli_reference import render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cli_reference_is_current() -> None:
+    """docs/cli.md is exactly what the command generates (regenerate it when options change)."""
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == render()
+
+
+def test_public_api_is_exactly_all() -> None:
+    """`tf_ship.__all__` names every public name of the package, and nothing else."""
+    public = {name for name in vars(tf_ship) if not name.startswith("_")}
+    modules = {"backends", "shipper", "cli", "testing", "cli_reference"}
+    assert set(tf_ship.__all__) - {"__version__"} == public - modules
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    """The README's first code block runs the example, the second runs the tests."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.DOTALL)
+    assert "tf-ship --example" in blocks[0]
+    assert "pytest" in blocks[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert blocks[1].strip().splitlines()[-1] in ci
+
+
+def test_changelog_has_an_unreleased_section() -> None:
+    """User-visible changes are collected under Unreleased until a release."""
+    assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
