@@ -29,6 +29,8 @@ class BackendStats:
     lines: int = 0
     status: RunStatus | None = None
     error: str | None = None
+    view_hint: str | None = None
+    """How a person looks at what was shipped (a command), when the backend says."""
 
     @property
     def failed(self) -> bool:

@@ -104,6 +104,8 @@ class ShipReport:
             if stats.error:
                 line += f"; error: {stats.error}"
             lines.append(line)
+            if stats.view_hint and stats.events:
+                lines.append(f"    look at it: {stats.view_hint}")
         return "\n".join(lines)
 
 

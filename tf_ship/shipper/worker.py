@@ -149,7 +149,18 @@ class BackendWorker(threading.Thread):
             status = RunStatus.FAILED
         finally:
             self.stats.status = status
+            self.stats.view_hint = self._view_hint()
             self.tailer.close()
+
+    def _view_hint(self) -> str | None:
+        hint = getattr(self.backend, "view_hint", None)
+        if not callable(hint):
+            return None
+        try:
+            text = hint()
+        except Exception:  # noqa: BLE001 - a hint is never worth a failure
+            return None
+        return str(text) if text else None
 
     def _loop(self) -> None:
         settings = self.settings
