@@ -1,0 +1,482 @@
+r"""The MLflow backend: one MLflow run, metrics through `MlflowClient.log_batch`.
+
+What MLflow does with TorchFort's values, and what this backend does about it:
+
+- Keys are ``<model>/<metric>``. MLflow accepts only ``[/\w.\- :]``, at most 250 characters,
+  and names that a POSIX path normalization leaves alone (no ``..``, no ``//``, no leading or
+  trailing ``/``, no ``.`` segment). Anything else is replaced by ``_``; two names that end up on
+  the same key get a numeric suffix (``_2``, ``_3``, ...) in order of first appearance. Every
+  renamed name is reported once and recorded in the run tag ``tf_ship.key_map`` (JSON,
+  ``{"original name": "key"}``; spread over ``tf_ship.key_map.1``, ... when it outgrows one tag).
+  A resumed run reloads that map, so names keep their keys across restarts.
+- The SQL stores keep NaN (a flag beside the value) but store +-inf as +-1.7976931348623157e308
+  (the largest double): MLflow returns that number, not ``inf``, when the metric is read back.
+- A metric row's identity is (key, timestamp, step, run, value): rows equal in all of these are
+  merged. Each key therefore gets strictly increasing millisecond timestamps,
+  ``max(now, previous + 1)``, so that two log lines with the same key, step and value stay two
+  rows. A batch that is sent again (after a transient error, or split by the engine to isolate
+  a refused event) keeps the timestamps of its first attempt, so the store merges what already
+  arrived instead of duplicating it.
+- Steps are int64 and may be negative; MLflow stores them as they are.
+- Errors: a refused request (HTTP 4xx, e.g. ``INVALID_PARAMETER_VALUE`` for a bad key) raises
+  `PermanentBackendError`, except a missing, deleted or forbidden run, which raises
+  `FatalBackendError`. Connection failures, timeouts and 5xx answers propagate unchanged and are
+  retried by the engine. MLflow's own HTTP retries (7 retries with backoff: minutes) are cut down
+  to one immediate retry and a 10 s timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+  ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` or ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set: an outage
+  reaches the engine in seconds.
+- Configs become params ``<model>.<path.to.key>`` (lists as JSON text, values cut to 6000
+  characters) plus the artifact ``configs/<model>.yaml``. MLflow params cannot change; a config
+  that changed (after a restart of the application) is logged whole as revision N,
+  ``<model>.rev<N>.<path.to.key>``, with the artifact ``configs/<model>.rev<N>.yaml``, the
+  artifact ``configs/<model>.yaml`` holding the newest config, and the tag
+  ``tf_ship.config_revision.<model>`` naming the newest revision. A config equal to an earlier
+  revision logs nothing new.
+- `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
+  forgets the timestamps of delivered events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from tf_ship.backends.base import FatalBackendError, PermanentBackendError
+from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+
+logger = logging.getLogger("tf_ship")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "torchfort"
+MAX_METRICS_PER_CALL = 1000
+MAX_PARAMS_PER_CALL = 100
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+KEY_MAP_TAG = "tf_ship.key_map"
+REVISION_TAG = "tf_ship.config_revision"
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+"""MLflow's HTTP client settings, unless the environment sets them: fail within seconds."""
+FATAL_ERROR_CODES = frozenset(
+    {"RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED"}
+)
+"""Refusals that concern the run itself, not one event: no event can be shipped."""
+_MAX_PENDING = 100_000
+
+_BAD_CHARACTER = re.compile(r"[^/\w.\- :]")
+_DOUBLE_DOT = re.compile(r"\.(?=\.)")
+
+
+def sanitize_key(name: str, limit: int = MAX_KEY_LENGTH) -> str:
+    """Turn any name into one MLflow accepts as a metric or param key (maybe the same name)."""
+    key = _DOUBLE_DOT.sub("_", _BAD_CHARACTER.sub("_", name))
+    key = "/".join(part if part not in {"", "."} else "_" for part in key.split("/"))[:limit]
+    if key.endswith(("/", "/.")) or key == ".":
+        key = key[:-1] + "_"
+    return key
+
+
+def is_valid_key(key: str) -> bool:
+    """The checks MLflow makes on a metric or param key."""
+    return (
+        0 < len(key) <= MAX_KEY_LENGTH
+        and not _BAD_CHARACTER.search(key)
+        and ".." not in key
+        and posixpath.normpath(key) == key
+        and not key.startswith("/")
+    )
+
+
+class KeyMap:
+    """Assigns each name a valid, unique MLflow key; remembers the names it had to rename."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._keys: dict[str, str] = {}
+        self._taken: set[str] = set()
+        self.renamed: dict[str, str] = {}
+        """Names whose key differs from the name, in order of appearance."""
+
+    def reserve(self, name: str, key: str) -> None:
+        """Record a name's key from an earlier session."""
+        self._keys[name] = key
+        self._taken.add(key)
+        if key != name:
+            self.renamed[name] = key
+
+    def key(self, name: str) -> str:
+        """The key of a name; a new name gets a sanitized key, suffixed when already taken."""
+        key = self._keys.get(name)
+        if key is not None:
+            return key
+        base = sanitize_key(name)
+        key, number = base, 1
+        while key in self._taken:
+            number += 1
+            suffix = f"_{number}"
+            key = sanitize_key(base[: MAX_KEY_LENGTH - len(suffix)] + suffix)
+        self._keys[name] = key
+        self._taken.add(key)
+        if key != name:
+            self.renamed[name] = key
+            if not self.quiet:
+                logger.warning("MLflow: %r is logged as %r (not a valid or free key)", name, key)
+        return key
+
+
+def key_map_tags(renamed: Mapping[str, str]) -> dict[str, str]:
+    """The renamed names as JSON tag values of at most 8000 characters each."""
+    tags: dict[str, str] = {}
+    part: dict[str, str] = {}
+    for name, key in renamed.items():
+        trial = {**part, name: key}
+        if part and len(json.dumps(trial, ensure_ascii=False)) > MAX_TAG_VALUE_LENGTH:
+            tags[_key_map_tag(len(tags))] = json.dumps(part, ensure_ascii=False)
+            trial = {name: key}
+        part = trial
+    if part:
+        tags[_key_map_tag(len(tags))] = json.dumps(part, ensure_ascii=False)
+    return tags
+
+
+def _key_map_tag(index: int) -> str:
+    return KEY_MAP_TAG if index == 0 else f"{KEY_MAP_TAG}.{index}"
+
+
+def flatten_config(prefix: str, config: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """Yield ``(prefix.path.to.key, text)`` for every leaf; lists become their JSON text."""
+    for name, value in config.items():
+        path = f"{prefix}.{name}"
+        if isinstance(value, Mapping) and value:
+            yield from flatten_config(path, value)
+        elif isinstance(value, str):
+            yield path, value
+        else:
+            yield path, json.dumps(value, ensure_ascii=False, default=str)
+
+
+def artifact_name(model: str) -> str:
+    """A file name for a model's config artifact."""
+    return _DOUBLE_DOT.sub("_", re.sub(r"[^\w.\-]", "_", model)).lstrip(".") or "_"
+
+
+def http_status(error: Exception) -> int:
+    """The HTTP status an MlflowException stands for (500 when it names none)."""
+    get_status = getattr(error, "get_http_status_code", None)
+    try:
+        return int(get_status()) if get_status is not None else 500
+    except (TypeError, ValueError):
+        return 500
+
+
+def is_refusal(error: Exception) -> bool:
+    """True for an answer that will not change on retry: a 4xx other than 408 and 429."""
+    status = http_status(error)
+    return 400 <= status < 500 and status not in {408, 429}
+
+
+def is_fatal_refusal(error: Exception) -> bool:
+    """True when the refusal concerns the run as a whole (gone, deleted, forbidden)."""
+    code = getattr(error, "error_code", None)
+    return code in FATAL_ERROR_CODES or "must be in the 'active' state" in str(error)
+
+
+class MlflowBackend:
+    """Logs to one MLflow run through `MlflowClient`.
+
+    `tracking_uri` defaults to ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
+    working directory (whose new experiments keep their artifacts in ``./mlruns``).
+    `experiment` (default ``torchfort``) is created when missing. `run_id`
+    resumes that run; otherwise the run recorded in the state is resumed, or a new run is
+    created. See the module docstring for how MLflow's limits are met.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        environment_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self.tracking_uri = tracking_uri or environment_uri or DEFAULT_TRACKING_URI
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+        self.run_id = run_id or None
+        self._client: Any = None
+        self._keys = KeyMap()
+        self._key_map_saved = 0
+        self._last_timestamp: dict[str, int] = {}
+        self._pending: dict[tuple[MetricEvent, int], int] = {}
+        self._delivered: list[tuple[MetricEvent, int]] = []
+        self._params: dict[str, str] = {}
+        self._reported: set[str] = set()
+        self._closed = False
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def open(self, run: RunInfo) -> None:
+        """Resume the given or recorded run, or create one in the experiment."""
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
+
+        try:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.run_id = self._resume(run) or self._create(run)
+        except Exception as error:
+            self._client = None  # nothing to close
+            if is_refusal(error):
+                msg = f"MLflow at {self.tracking_uri} refused to open the run: {error}"
+                raise FatalBackendError(msg) from error
+            raise
+        logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
+
+    def _resume(self, run: RunInfo) -> str | None:
+        run_id = self.run_id
+        explicit = run_id is not None
+        if run_id is None and run.state.get("tracking_uri") in (None, self.tracking_uri):
+            run_id = run.state.get("run_id")
+        if not run_id:
+            return None
+        try:
+            found = self._client.get_run(run_id)
+        except Exception as error:
+            if explicit or getattr(error, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            logger.warning("MLflow: run %s of the state is gone; starting a new run", run_id)
+            return None
+        if found.info.lifecycle_stage != "active":
+            if explicit:
+                msg = f"MLflow run {run_id} is {found.info.lifecycle_stage}"
+                raise FatalBackendError(msg)
+            logger.warning("MLflow: run %s of the state is deleted; starting a new run", run_id)
+            return None
+        self._restore(found)
+        if found.info.status != "RUNNING":
+            self._client.update_run(run_id, status="RUNNING")
+        return str(run_id)
+
+    def _restore(self, found: Any) -> None:  # noqa: ANN401 - an mlflow Run
+        """Reload the key map, the keys in use and the params of a resumed run."""
+        tags: Mapping[str, str] = found.data.tags
+        for tag in sorted(t for t in tags if t == KEY_MAP_TAG or t.startswith(KEY_MAP_TAG + ".")):
+            try:
+                part = json.loads(tags[tag])
+            except ValueError:
+                logger.warning("MLflow: tag %s is not JSON; ignored", tag)
+                continue
+            for name, key in part.items():
+                self._keys.reserve(str(name), str(key))
+        self._key_map_saved = len(self._keys.renamed)
+        renamed_keys = set(self._keys.renamed.values())
+        for key in found.data.metrics:
+            if key not in renamed_keys:
+                self._keys.reserve(key, key)
+        self._params = dict(found.data.params)
+
+    def _create(self, run: RunInfo) -> str:
+        client = self._client
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            try:
+                experiment_id = client.create_experiment(self.experiment)
+            except Exception as error:
+                if getattr(error, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment_id = client.get_experiment_by_name(self.experiment).experiment_id
+        elif experiment.lifecycle_stage != "active":
+            msg = f"MLflow experiment {self.experiment!r} is deleted: restore it or choose another"
+            raise FatalBackendError(msg)
+        else:
+            experiment_id = experiment.experiment_id
+        tags = {"tf_ship.log_file": str(run.log_file)}
+        created = client.create_run(experiment_id, run_name=run.run_name, tags=tags)
+        return str(created.info.run_id)
+
+    def resume_state(self) -> dict[str, Any]:
+        """The run id and tracking URI, so that a restart reopens the same run."""
+        return {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _require_client(self) -> Any:  # noqa: ANN401 - an MlflowClient
+        if self._client is None:
+            msg = "the MLflow backend is not open"
+            raise RuntimeError(msg)
+        return self._client
+
+    def _logged(self, what: str, **entities: Any) -> None:  # noqa: ANN401
+        """Call log_batch; turn refusals into the engine's error types."""
+        client = self._require_client()
+        try:
+            client.log_batch(self.run_id, **entities)
+        except Exception as error:
+            if not is_refusal(error):
+                raise
+            if is_fatal_refusal(error):
+                msg = f"MLflow refused {what} for run {self.run_id}: {error}"
+                raise FatalBackendError(msg) from error
+            msg = f"MLflow refused {what}: {error}"
+            raise PermanentBackendError(msg) from error
+
+    def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Log the batch in calls of at most 1000 metrics, after any new key map entries."""
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        ids = _event_ids(batch)
+        metrics = [
+            Metric(
+                key=self.metric_key(event),
+                value=event.value,
+                timestamp=self._timestamp(event_id),
+                step=event.step,
+            )
+            for event, event_id in zip(batch, ids, strict=True)
+        ]
+        self._save_key_map()
+        for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
+            chunk = metrics[start : start + MAX_METRICS_PER_CALL]
+            self._logged(f"{len(chunk)} metrics", metrics=chunk)
+        self._delivered.extend(ids)
+
+    def metric_key(self, event: MetricEvent) -> str:
+        """The MLflow key of an event: ``<model>/<metric>``, made valid and unique."""
+        return self._keys.key(event.key)
+
+    def _timestamp(self, event_id: tuple[MetricEvent, int]) -> int:
+        """A timestamp unique for the event's key; the same one when the event is re-sent."""
+        timestamp = self._pending.get(event_id)
+        if timestamp is not None:
+            return timestamp
+        key = self.metric_key(event_id[0])
+        timestamp = max(time.time_ns() // 1_000_000, self._last_timestamp.get(key, -1) + 1)
+        self._last_timestamp[key] = timestamp
+        if len(self._pending) >= _MAX_PENDING:  # only refused events linger
+            self._pending.clear()
+        self._pending[event_id] = timestamp
+        return timestamp
+
+    def _save_key_map(self) -> None:
+        if len(self._keys.renamed) == self._key_map_saved:
+            return
+        from mlflow.entities import RunTag  # noqa: PLC0415
+
+        tags = [RunTag(k, v) for k, v in key_map_tags(self._keys.renamed).items()]
+        for start in range(0, len(tags), MAX_PARAMS_PER_CALL):
+            self._logged("the key map", tags=tags[start : start + MAX_PARAMS_PER_CALL])
+        self._key_map_saved = len(self._keys.renamed)
+
+    def log_config(self, config: ModelConfig) -> None:
+        """Log the config as params (a new revision when it changed) and as a YAML artifact."""
+        from mlflow.entities import Param, RunTag  # noqa: PLC0415
+
+        client = self._require_client()
+        revision, params = self._config_revision(config)
+        new = [(k, v) for k, v in params.items() if self._params.get(k) != v]
+        for start in range(0, len(new), MAX_PARAMS_PER_CALL):
+            chunk = new[start : start + MAX_PARAMS_PER_CALL]
+            try:
+                self._logged("config params", params=[Param(k, v) for k, v in chunk])
+            except PermanentBackendError as error:
+                logger.warning("MLflow: params of %r not logged: %s", config.model, error)
+                continue
+            self._params.update(chunk)
+        name = artifact_name(config.model)
+        content = dict(config.config)
+        client.log_dict(self.run_id, content, f"configs/{name}.yaml")
+        if revision > 1:
+            client.log_dict(self.run_id, content, f"configs/{name}.rev{revision}.yaml")
+            tag = RunTag(sanitize_key(f"{REVISION_TAG}.{config.model}"), str(revision))
+            try:
+                self._logged("the config revision tag", tags=[tag])
+            except PermanentBackendError as error:
+                logger.warning("MLflow: tag %s not logged: %s", tag.key, error)
+            if new:
+                logger.warning(
+                    "MLflow: the config of %r changed; logged as revision %d",
+                    config.model,
+                    revision,
+                )
+
+    def _config_revision(self, config: ModelConfig) -> tuple[int, dict[str, str]]:
+        """The first revision whose params agree with this config, and its params."""
+        revision = 1
+        while True:
+            prefix = config.model if revision == 1 else f"{config.model}.rev{revision}"
+            params = self._params_of(prefix, config)
+            if all(self._params.get(k, v) == v for k, v in params.items()):
+                return revision, params
+            revision += 1
+
+    def _params_of(self, prefix: str, config: ModelConfig) -> dict[str, str]:
+        """A config's params under a prefix: keys made valid and unique, values cut to size."""
+        keys = KeyMap(quiet=True)
+        params: dict[str, str] = {}
+        for name, text in flatten_config(prefix, config.config):
+            key = keys.key(name)
+            if key != name and name not in self._reported:
+                self._reported.add(name)
+                logger.warning("MLflow: param %r is logged as %r", name, key)
+            value = text
+            if len(value) > MAX_PARAM_VALUE_LENGTH and name not in self._reported:
+                self._reported.add(name)
+                logger.warning(
+                    "MLflow: param %r has %d characters; cut to %d",
+                    name,
+                    len(value),
+                    MAX_PARAM_VALUE_LENGTH,
+                )
+            params[key] = value[:MAX_PARAM_VALUE_LENGTH]
+        return params
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Nothing to send: `log_batch` returned only once the store had the metrics.
+
+        Forgets the timestamps of the events delivered since the last flush.
+        """
+        for event_id in self._delivered:
+            self._pending.pop(event_id, None)
+        self._delivered.clear()
+
+    def close(self, status: RunStatus) -> None:
+        """Mark the run FINISHED, FAILED or KILLED; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        client, self._client = self._client, None
+        if client is None or self.run_id is None:
+            return
+        client.set_terminated(self.run_id, status=status.value)
+
+    def view_hint(self) -> str | None:
+        """The command (or address) that shows this run."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')} (run {self.run_id})"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    def describe(self) -> dict[str, Any]:
+        """Where the metrics went, for the final summary."""
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+
+
+def _event_ids(batch: Sequence[MetricEvent]) -> list[tuple[MetricEvent, int]]:
+    """Identify events by value and occurrence, so equal events in one batch stay distinct."""
+    seen: dict[MetricEvent, int] = {}
+    ids = []
+    for event in batch:
+        count = seen.get(event, 0)
+        seen[event] = count + 1
+        ids.append((event, count))
+    return ids
