@@ -232,10 +232,18 @@ class BackendWorker(threading.Thread):
             config = configs.get(model)
             if config is None or self._sent_configs.get(model) == config.config:
                 continue
-            self._retrying(
-                f"record the config of {model!r}",
-                functools.partial(self.backend.log_config, config),
-            )
+            try:
+                self._retrying(
+                    f"record the config of {model!r}",
+                    functools.partial(self.backend.log_config, config),
+                )
+            except PermanentBackendError as error:
+                logger.warning(
+                    "backend %s refused the config of %r (%s): shipping its metrics anyway",
+                    self.stats.name,
+                    model,
+                    error,
+                )
             self._sent_configs[model] = config.config
             self.stats.configs += 1
 

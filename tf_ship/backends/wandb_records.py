@@ -1,0 +1,318 @@
+"""Read what a wandb run wrote to its transaction log (``run-<id>.wandb``).
+
+wandb keeps every record of a run in a transaction log, the file an offline run leaves in
+``<dir>/wandb/offline-run-<time>-<id>/run-<id>.wandb`` and ``wandb sync`` uploads later. wandb
+0.31 ships no Python reader for it; this is a small one, for tests and for finding out what
+already reached a run.
+
+The format, as wandb-core writes it (``core/internal/stream/store.go`` and the LevelDB-style
+``core/pkg/leveldb/record.go`` of the wandb sources)::
+
+    file   := header block*
+    header := ":W&B"  magic: uint16 LE = 0xBEE1  version: uint8 = 0      (7 bytes)
+    block  := chunk* zeros?                    32 KiB; the header counts in the first block
+    chunk  := crc: uint32 LE  length: uint16 LE  type: uint8  payload[length]
+    type   := 1 full | 2 first | 3 middle | 4 last
+
+A chunk never crosses a block boundary: a record too long for the rest of its block is split
+into a first, middle... and last chunk; fewer than 7 bytes left at the end of a block are
+zeros. The checksum is the standard (IEEE, zlib) CRC-32 of the type byte and the payload
+(wandb-core opens its store with ``CRCAlgoIEEE``; LevelDB's own masked CRC-32C is not used).
+Each record's bytes are one serialized ``wandb.proto.wandb_internal_pb2.Record``.
+
+wandb-core's writer keeps the current 32 KiB block in memory and writes it only when it is
+full or when the run finishes, so a file read while its run is alive lags behind; a file whose
+writer died ends with a torn block (`read_records` with ``strict=False`` keeps what is whole).
+
+Values are JSON text (``value_json``): `decode_json` reads them with NaN, ``Infinity`` and
+``-Infinity`` as floats, integers exactly (beyond 2**53 too), and ``-0`` (wandb-core's spelling
+of a negative zero) as ``-0.0``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HEADER = struct.Struct("<4sHB")
+IDENT = b":W&B"
+MAGIC = 0xBEE1
+VERSION = 0
+BLOCK_SIZE = 32 * 1024
+CHUNK_HEADER = struct.Struct("<IHB")
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+WandbRecord = Any
+"""A ``wandb.proto.wandb_internal_pb2.Record`` (wandb's protobuf classes carry no types)."""
+
+
+class TransactionLogError(ValueError):
+    """The file is not a wandb transaction log, or it is damaged."""
+
+
+def _parse_int(text: str) -> int | float:
+    return -0.0 if text == "-0" else int(text)
+
+
+def decode_json(text: str) -> Any:  # noqa: ANN401 - any JSON value
+    """Decode one ``value_json``: NaN and infinities as floats, ``-0`` as ``-0.0``."""
+    return json.loads(text, parse_int=_parse_int)
+
+
+def iter_payloads(data: bytes, *, strict: bool = True) -> Iterator[bytes]:
+    """Yield the bytes of each record in a transaction log's content.
+
+    With `strict`, any damage raises `TransactionLogError`: a bad chunk (checksum, type, a
+    length past its block), chunks out of order, a torn end. Without it, recovery works as in
+    wandb's own reader: the rest of a block with a bad chunk is skipped, a continuation chunk
+    without its beginning is skipped, a record interrupted by a new one is dropped, and a torn
+    end is ignored.
+    """
+    _check_header(data)
+    pieces: list[bytes] | None = None  # the chunks of a record begun and not yet ended
+    for position, kind, payload in _chunks(data, strict=strict):
+        if kind is None:  # a damaged block: the record in progress is lost
+            pieces = None
+            continue
+        if _out_of_order(position, kind, inside=pieces is not None, strict=strict):
+            pieces = None
+            if kind in (MIDDLE, LAST):
+                continue
+        if kind == FULL:
+            yield payload
+        elif kind == FIRST:
+            pieces = [payload]
+        elif pieces is not None:
+            pieces.append(payload)
+            if kind == LAST:
+                yield b"".join(pieces)
+                pieces = None
+    if pieces is not None and strict:
+        msg = "the last record is torn (its last chunk is missing)"
+        raise TransactionLogError(msg)
+
+
+def _check_header(data: bytes) -> None:
+    if len(data) < HEADER.size:
+        msg = f"{len(data)} bytes: too short for the {HEADER.size}-byte header"
+        raise TransactionLogError(msg)
+    if HEADER.unpack_from(data) != (IDENT, MAGIC, VERSION):
+        msg = f"not a wandb transaction log (header {data[: HEADER.size]!r})"
+        raise TransactionLogError(msg)
+
+
+def _out_of_order(position: int, kind: int, *, inside: bool, strict: bool) -> bool:
+    """True when a chunk does not fit the record in progress (strictly: raise)."""
+    problem = None
+    if inside and kind in (FULL, FIRST):
+        problem = "a record begins before the previous one ended"
+    elif not inside and kind in (MIDDLE, LAST):
+        problem = "a record continues that never began"
+    if problem is not None and strict:
+        msg = f"{problem} at byte {position}"
+        raise TransactionLogError(msg)
+    return problem is not None
+
+
+def _chunks(data: bytes, *, strict: bool) -> Iterator[tuple[int, int | None, bytes]]:
+    """Yield (offset, type, payload) of each chunk after the header.
+
+    A damaged chunk yields type None (unless `strict`, which raises) and the rest of its block
+    is skipped.
+    """
+    position = HEADER.size
+    while position < len(data):
+        block_end = (position // BLOCK_SIZE + 1) * BLOCK_SIZE
+        if block_end - position < CHUNK_HEADER.size or _zeros(data, position):
+            position = block_end  # the zero trailer of a block
+            continue
+        problem = _chunk_problem(data, position, block_end)
+        if problem is not None:
+            if strict:
+                msg = f"{problem} at byte {position}"
+                raise TransactionLogError(msg)
+            yield position, None, b""
+            position = block_end
+            continue
+        _, length, kind = CHUNK_HEADER.unpack_from(data, position)
+        start = position + CHUNK_HEADER.size
+        yield position, kind, data[start : start + length]
+        position = start + length
+
+
+def _zeros(data: bytes, position: int) -> bool:
+    """True when the chunk header at `position` is all zeros (unused space of a block)."""
+    return data[position : position + CHUNK_HEADER.size] == bytes(CHUNK_HEADER.size)
+
+
+def _chunk_problem(data: bytes, position: int, block_end: int) -> str | None:
+    """What is wrong with the chunk at `position` itself, or None."""
+    if position + CHUNK_HEADER.size > len(data):
+        return "torn chunk header"
+    crc, length, kind = CHUNK_HEADER.unpack_from(data, position)
+    end = position + CHUNK_HEADER.size + length
+    problem = None
+    if end > block_end:
+        problem = f"chunk of {length} bytes crosses its block"
+    elif end > len(data):
+        problem = "torn chunk"
+    elif kind not in (FULL, FIRST, MIDDLE, LAST):
+        problem = f"unknown chunk type {kind}"
+    elif zlib.crc32(data[position + CHUNK_HEADER.size - 1 : end]) != crc:
+        problem = "checksum mismatch"
+    return problem
+
+
+def read_records(path: str | Path, *, strict: bool = True) -> list[WandbRecord]:
+    """Every record of the transaction log at `path`, in order (see `iter_payloads`)."""
+    protos: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")  # optional extra
+    records = []
+    for payload in iter_payloads(Path(path).read_bytes(), strict=strict):
+        record = protos.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def item_key(item: Any) -> str:  # noqa: ANN401 - a protobuf item
+    """The key of a history, summary or config item: ``key``, or ``nested_key`` joined by dots."""
+    return str(item.key) if item.key else ".".join(item.nested_key)
+
+
+def item_value(item: Any) -> Any:  # noqa: ANN401 - a protobuf item, any JSON value
+    """The value of a history item: its ``value_json``, or its typed value when that is unset."""
+    if item.value_json:
+        return decode_json(item.value_json)
+    kind = item.WhichOneof("value")
+    if kind is None or kind == "none":
+        return None
+    if kind == "json":
+        return decode_json(item.json)
+    return getattr(item, kind)
+
+
+def history_rows(path: str | Path, *, strict: bool = True) -> list[dict[str, Any]]:
+    """The history rows of a run, in order, each a dict of key to decoded value.
+
+    Rows hold wandb's own keys too (``_step``, ``_runtime``, ``_timestamp``).
+    """
+    return [
+        {item_key(item): item_value(item) for item in record.history.item}
+        for record in read_records(path, strict=strict)
+        if record.WhichOneof("record_type") == "history"
+    ]
+
+
+def config_of(path: str | Path, *, strict: bool = True) -> dict[str, Any]:
+    """The run's config after every update and removal in the log, as decoded JSON values.
+
+    Includes wandb's own ``_wandb`` entry.
+    """
+    config: dict[str, Any] = {}
+    for record in read_records(path, strict=strict):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            updates, removals = record.run.config.update, ()
+        elif kind == "config":
+            updates, removals = record.config.update, record.config.remove
+        else:
+            continue
+        for item in updates:
+            _set_nested(config, _path_of(item), decode_json(item.value_json))
+        for item in removals:
+            _remove_nested(config, _path_of(item))
+    return config
+
+
+def run_record(path: str | Path, *, strict: bool = True) -> WandbRecord:
+    """The first ``run`` record (a ``RunRecord``: id, project, name, group, tags, job type)."""
+    for record in read_records(path, strict=strict):
+        if record.WhichOneof("record_type") == "run":
+            return record.run
+    msg = f"{path} holds no run record"
+    raise TransactionLogError(msg)
+
+
+def exit_code_of(path: str | Path, *, strict: bool = True) -> int | None:
+    """The exit code the run finished with, or None when it did not finish (yet)."""
+    for record in read_records(path, strict=strict):
+        if record.WhichOneof("record_type") == "exit":
+            return int(record.exit.exit_code)
+    return None
+
+
+def metric_definitions(path: str | Path, *, strict: bool = True) -> dict[str, str]:
+    """The x-axis of each metric or glob defined with `define_metric`: name -> step metric.
+
+    Names defined without a step metric map to ``""``.
+    """
+    definitions: dict[str, str] = {}
+    for record in read_records(path, strict=strict):
+        if record.WhichOneof("record_type") == "metric":
+            metric = record.metric
+            name = metric.name or metric.glob_name
+            if name:
+                definitions[str(name)] = str(metric.step_metric)
+    return definitions
+
+
+def transaction_logs(directory: str | Path, run_id: str | None = None) -> list[Path]:
+    """The transaction logs of offline runs under a wandb ``dir``, oldest first.
+
+    `directory` is what was given to ``wandb.init(dir=...)``; runs are in its ``wandb``
+    folder. A run resumed offline with the same id gets one folder per session.
+    """
+    base = Path(directory)
+    wandb_dir = base / "wandb" if (base / "wandb").is_dir() else base
+    pattern = f"offline-run-*-{run_id}/run-{run_id}.wandb" if run_id else "offline-run-*/*.wandb"
+    return sorted(wandb_dir.glob(pattern))
+
+
+def _path_of(item: Any) -> list[str]:  # noqa: ANN401 - a protobuf item
+    return [str(item.key)] if item.key else [str(part) for part in item.nested_key]
+
+
+def _set_nested(target: dict[str, Any], keys: list[str], value: Any) -> None:  # noqa: ANN401
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            child = target[key] = {}
+        target = child
+    target[keys[-1]] = value
+
+
+def _remove_nested(target: dict[str, Any], keys: list[str]) -> None:
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            return
+        target = child
+    target.pop(keys[-1], None)
+
+
+__all__ = [
+    "BLOCK_SIZE",
+    "CHUNK_HEADER",
+    "FIRST",
+    "FULL",
+    "HEADER",
+    "LAST",
+    "MIDDLE",
+    "TransactionLogError",
+    "config_of",
+    "decode_json",
+    "exit_code_of",
+    "history_rows",
+    "item_key",
+    "item_value",
+    "iter_payloads",
+    "metric_definitions",
+    "read_records",
+    "run_record",
+    "transaction_logs",
+]
