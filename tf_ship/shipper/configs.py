@@ -76,6 +76,9 @@ def load_config(text: bytes) -> tuple[str, dict[str, Any]]:
         data = loader.construct_document(node)
     except yaml.YAMLError as error:
         raise ConfigError(str(error).replace("\n", " ")) from error
+    except RecursionError as error:  # PyYAML recurses once per nesting level
+        msg = "nested too deeply"
+        raise ConfigError(msg) from error
     finally:
         loader.dispose()
     config = {str(key): value for key, value in data.items() if key != "identifier"}

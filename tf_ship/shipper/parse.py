@@ -9,8 +9,9 @@ last ``": "``, and the metric is what lies between. One compiled regular express
 whole chunk at once (much faster than line by line); whatever lies between two matches is a
 line that is not a metric line, and is classified, counted and reported, never shipped.
 
-A NUL byte ends a line too: network filesystems show not-yet-written pages as NUL runs, and the
-valid text after such a run must not be lost with it.
+A NUL byte starts a line too: network filesystems show not-yet-written pages as NUL runs, and the
+valid text after such a run must not be lost with it. Text before a NUL run is a half-written line
+(its end is missing): it is reported, never shipped.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import attrs
 from tf_ship.shipper.events import FileIdentity, MetricEvent, SkippedLine, SkipReason
 
 PREFIX = b"TORCHFORT::WANDB: "
-_NAME = rb"[^\n\x00]+?"
+_NAME = rb"[^\n\x00]*?"  # may be empty: the step is the FIRST step field
 _VALUE = rb"[-+]?(?:[0-9]+\.?[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?|(?i:nan|inf))"
 METRIC_LINE = re.compile(
     rb"(?<![^\n\x00])TORCHFORT::WANDB: model: (" + _NAME + rb"), step: (-?[0-9]+), "
-    rb"([^\n\x00]+): (" + _VALUE + rb")\r?(?=[\n\x00])",
+    rb"([^\n\x00]+): (" + _VALUE + rb")\r?(?=\n)",
 )
 _STEP_FIELD = re.compile(rb", step: (-?[0-9]+), ")
 _VALUE_ONLY = re.compile(_VALUE + rb"\r?")

@@ -133,7 +133,7 @@ class Tailer:
             )
             self._restart_from_zero()
             offset = 0
-        elif size > offset and offset > 0 and not self._still_same_bytes():
+        elif size >= offset and offset > 0 and not self._still_same_bytes():
             result.notices.append(
                 f"{self.path} was rewritten below the cursor (offset {offset}): "
                 "shipping from its start"
@@ -142,16 +142,18 @@ class Tailer:
             offset = 0
         if size == offset:
             if self._switch_if_replaced(result, pending=0):
-                return self.read(hold_nul=hold_nul)
+                return self._read_new_file(result, hold_nul=hold_nul)
             return result
-        data = os.pread(self._fd, min(self.read_block, size - offset), offset)
+        # at least one byte more than the longest line, so that a too-long line is seen as such
+        length = min(max(self.read_block, self.max_line_bytes + 1), size - offset)
+        data = os.pread(self._fd, length, offset)
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
                 self._advance(data, 0)
                 result.at_end = offset + len(data) >= size
                 return result
-            self._advance(data[: newline + 1], 0)
+            self._advance(data[: newline + 1], 1)  # the end of the skipped line
             self._discarding = False
             data = data[newline + 1 :]
             offset = self.cursor.offset
@@ -162,7 +164,7 @@ class Tailer:
                 self._discarding = True
                 self._advance(data, 0)
             elif self._switch_if_replaced(result, pending=len(data)):
-                return self.read(hold_nul=hold_nul)
+                return self._read_new_file(result, hold_nul=hold_nul)
             result.at_end = offset + len(data) >= size
             return result
         complete = data[: last_newline + 1]
@@ -177,6 +179,13 @@ class Tailer:
         if not complete:
             result.at_end = True
         return result
+
+    def _read_new_file(self, result: TailRead, *, hold_nul: bool) -> TailRead:
+        """Read the file that replaced the old one, keeping what was found in the old one."""
+        following = self.read(hold_nul=hold_nul)
+        following.notices[:0] = result.notices
+        following.skipped[:0] = result.skipped
+        return following
 
     def _open(self, result: TailRead) -> bool:
         try:
