@@ -29,7 +29,8 @@ signal exits at once. The final summary goes to standard error.
 def render() -> str:
     """The reference as Markdown."""
     context = click.Context(main, info_name="tf-ship")
-    lines = [INTRO, "## Options", "", "| option | value | default | meaning |", "| --- | --- | --- | --- |"]
+    lines = [INTRO, "## Options", "", "| option | value | default | meaning |"]
+    lines.append("| --- | --- | --- | --- |")
     for param in main.get_params(context):
         if not isinstance(param, click.Option):
             continue

@@ -1,4 +1,4 @@
-"""Turn complete lines of a TorchFort log into metric events, on bytes.
+r"""Turn complete lines of a TorchFort log into metric events, on bytes.
 
 The grammar (see docs/log-format.md)::
 
@@ -46,7 +46,7 @@ def decode_name(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def classify(line: bytes) -> SkipReason:
+def classify(line: bytes) -> SkipReason:  # noqa: PLR0911 - one return per reason
     """Say why a line (without its newline) is not a valid metric line."""
     if not line.strip(b"\r"):
         return SkipReason.EMPTY
@@ -146,7 +146,7 @@ def _skipped(
     return SkippedLine(reason, offset + start, number, excerpt)
 
 
-def _skip_gap(  # noqa: PLR0913 - the position of a gap takes this many numbers
+def _skip_gap(  # noqa: PLR0913, PLR0917 - a hot path: positional on purpose
     chunk: bytes,
     start: int,
     stop: int,

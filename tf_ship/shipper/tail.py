@@ -117,7 +117,7 @@ class Tailer:
             os.close(self._fd)
             self._fd = None
 
-    def read(self, *, hold_nul: bool = True) -> TailRead:  # noqa: C901, PLR0912 - one state machine
+    def read(self, *, hold_nul: bool = True) -> TailRead:  # noqa: C901, PLR0911, PLR0912 - one state machine
         """Poll the file once and deliver at most one block of complete lines."""
         result = TailRead()
         if self._fd is None and not self._open(result):
@@ -265,7 +265,7 @@ class Tailer:
     def _switch_if_replaced(self, result: TailRead, *, pending: int) -> bool:
         """At the end of the old file, move to a new file at the same path, if there is one."""
         try:
-            current = _identity(os.stat(self.path))
+            current = _identity(self.path.stat())
         except FileNotFoundError:
             return False  # deleted: the writer may still append to the open file
         if current == self._identity:
