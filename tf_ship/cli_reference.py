@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
 from tf_ship.cli import main
@@ -19,23 +21,18 @@ tf-ship [OPTIONS]
 python -m tf_ship [OPTIONS]
 ```
 
-Exit codes: 0 when every backend shipped everything; 1 when a backend failed (the summary says
-which and why) or the log never appeared; 2 for a usage error (a one-line reason on standard
-error). SIGINT or SIGTERM stops reading, flushes and closes every backend and exits 0; a second
-signal exits at once. The final summary goes to standard error.
+Exit codes of the shipping commands: 0 when every backend shipped everything; 1 when a
+backend failed (the summary says which and why) or the log never appeared; 2 for a usage error
+(a one-line reason on standard error). SIGINT or SIGTERM stops reading, flushes and closes
+every backend and exits 0; a second signal exits at once. The final summary goes to standard
+error.
 """
 
 
-def render() -> str:
-    """The reference as Markdown."""
-    context = click.Context(main, info_name="tf-ship")
-    lines = [INTRO, "## Options", "", "| option | value | default | meaning |"]
-    lines.append("| --- | --- | --- | --- |")
-    for param in main.get_params(context):
-        if not isinstance(param, click.Option):
-            continue
-        record = param.get_help_record(context)
-        if record is None:
+def _options_table(command: click.Command, context: click.Context) -> list[str]:
+    lines = ["| option | value | default | meaning |", "| --- | --- | --- | --- |"]
+    for param in command.get_params(context):
+        if not isinstance(param, click.Option) or param.get_help_record(context) is None:
             continue
         flags = ", ".join(f"`{flag}`" for flag in [*param.opts, *param.secondary_opts])
         value = "" if param.is_flag else f"`{param.make_metavar(context)}`"
@@ -46,7 +43,33 @@ def render() -> str:
         if param.multiple and "Repeat" not in meaning:
             meaning += " Repeatable."
         lines.append(f"| {flags} | {value} | {shown} | {meaning} |")
+    return lines
+
+
+def render() -> str:
+    """The reference as Markdown: the default command, then every other command."""
+    root = click.Context(main, info_name="tf-ship")
+    lines = [INTRO]
+    for name in ["ship", *[n for n in main.list_commands(root) if n != "ship"]]:
+        command = main.get_command(root, name)
+        assert command is not None  # noqa: S101 - listed commands exist
+        context = click.Context(command, info_name=name, parent=root)
+        title = (
+            "tf-ship [OPTIONS] (the default command, also `tf-ship ship`)"
+            if name == "ship"
+            else f"tf-ship {name}"
+        )
+        lines.extend(["", f"## {title}", ""])
+        lines.append(inspect_doc(command))
+        usage = " ".join(command.collect_usage_pieces(context))
+        lines.extend(["", f"Usage: `tf-ship {'' if name == 'ship' else name + ' '}{usage}`", ""])
+        lines.extend(_options_table(command, context))
     return "\n".join(lines) + "\n"
+
+
+def inspect_doc(command: click.Command) -> str:
+    """The command's docstring, as plain paragraphs."""
+    return inspect.cleandoc(command.help or "").replace("\b\n", "")
 
 
 if __name__ == "__main__":

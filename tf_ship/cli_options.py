@@ -1,0 +1,396 @@
+"""What every shipping command shares: options, config file, building backends.
+
+The options, the config file, and how flags become backends and `ShipOptions`.
+
+Precedence, highest first: the command line, environment variables (`TF_SHIP_<OPTION>`, for
+example `TF_SHIP_BACKEND="mlflow tensorboard"`), the config file (`--config FILE`, else
+`./tf-ship.toml` when present), the defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from tf_ship.backends.options import BACKEND_OPTIONS, BackendOption
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+EXIT_FAILURE = 1
+DEFAULT_CONFIG = "tf-ship.toml"
+ENV_PREFIX = "TF_SHIP_"
+
+Decorator = Callable[[Any], Any]
+
+
+def param_name(backend: str, option: BackendOption) -> str:
+    """The click parameter name of a backend's option."""
+    return f"opt__{backend}__{option.keyword}"
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+# -- the config file ----------------------------------------------------------------------------
+
+
+def _backend_keys() -> dict[str, dict[str, str]]:
+    """For each built-in backend: TOML key (keyword or flag suffix) -> click parameter name."""
+    keys: dict[str, dict[str, str]] = {}
+    for backend, options in BACKEND_OPTIONS.items():
+        table = keys.setdefault(backend, {})
+        for option in options:
+            name = param_name(backend, option)
+            table[option.keyword] = name
+            table[option.flag.removeprefix(f"--{backend}-")] = name
+            table[option.flag.removeprefix(f"--{backend}-").replace("-", "_")] = name
+    return keys
+
+
+def config_defaults(data: Mapping[str, Any], params: Sequence[str]) -> dict[str, Any]:
+    """Turn a parsed tf-ship.toml into click defaults for a command with `params`."""
+    aliases = {"backend": "backends", "backend_opt": "backend_opts"}
+    backend_keys = _backend_keys()
+    defaults: dict[str, Any] = {}
+    extra: list[str] = []
+    for key, value in data.items():
+        name = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
+        if isinstance(value, dict):
+            table = backend_keys.get(key)
+            for sub, sub_value in value.items():
+                if table is not None and sub in table:
+                    defaults[table[sub]] = sub_value
+                else:  # a plugin's option, or one the backend takes only as a keyword
+                    extra.append(f"{key}.{sub}={sub_value}")
+            continue
+        if name not in params:
+            msg = f"unknown setting {key!r} in the config file"
+            raise click.BadParameter(msg, param_hint="--config")
+        defaults[name] = value
+    if extra:
+        defaults["backend_opts"] = [*defaults.get("backend_opts", []), *extra]
+    return defaults
+
+
+def _load_config(context: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    path = Path(value) if value else Path(DEFAULT_CONFIG)
+    if not value and not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        msg = f"cannot read {path}: {error}"
+        raise click.BadParameter(msg, param_hint="--config") from error
+    names = [p.name for p in context.command.params if p.name]
+    defaults = config_defaults(data, names)
+    context.default_map = {**defaults, **(context.default_map or {})}
+    return str(path)
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def backend_option_decorators() -> list[Decorator]:
+    """One click option per built-in backend option (`--wandb-project`, ...)."""
+    return [
+        click.option(
+            option.flag,
+            *option.aliases,
+            param_name(backend, option),
+            multiple=option.multiple,
+            metavar=option.metavar,
+            envvar=_env(f"{backend}_{option.keyword}"),
+            help=option.help,
+        )
+        for backend, options in BACKEND_OPTIONS.items()
+        for option in options
+    ]
+
+
+def shipping_options() -> list[Decorator]:
+    """The options of every command that ships (not where the log is: each command says)."""
+    return [
+        click.option(
+            "--config",
+            "config_file",
+            metavar="FILE",
+            is_eager=True,
+            expose_value=False,
+            callback=_load_config,
+            help=f"Read defaults for any option from this TOML file [default: ./{DEFAULT_CONFIG} "
+            "when present].",
+        ),
+        click.option(
+            "--backend",
+            "-b",
+            "backends",
+            multiple=True,
+            metavar="NAME",
+            envvar=_env("backend"),
+            help="Where to ship: jsonl, null, wandb, mlflow, tensorboard, an installed plugin, or "
+            "package.module:Class. Repeat to ship to several at once.",
+        ),
+        click.option(
+            "--backend-opt",
+            "backend_opts",
+            multiple=True,
+            metavar="NAME.KEY=VALUE",
+            envvar=_env("backend_opt"),
+            help="An option for a backend, passed to it as keyword KEY. Repeatable.",
+        ),
+        click.option(
+            "--follow/--no-follow",
+            default=True,
+            show_default=True,
+            envvar=_env("follow"),
+            help="Keep following the log as it grows, or ship what is there and exit.",
+        ),
+        click.option(
+            "--wait",
+            type=click.FloatRange(min=0),
+            metavar="SECONDS",
+            envvar=_env("wait"),
+            help="How long to wait for the log to appear [default: forever with --follow, "
+            "not at all with --no-follow].",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            metavar="SECONDS",
+            show_default=True,
+            envvar=_env("timeout"),
+            help="Stop after this many seconds without new lines (0: never).",
+        ),
+        click.option(
+            "--poll-interval",
+            "--polling_interval",
+            "poll_interval",
+            type=click.FloatRange(min=0.01),
+            default=0.5,
+            metavar="SECONDS",
+            show_default=True,
+            envvar=_env("poll_interval"),
+            help="Longest pause between two looks at the log (polling backs off up to it when "
+            "idle).",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=1000,
+            metavar="N",
+            show_default=True,
+            envvar=_env("batch_size"),
+            help="Most events handed to a backend at once.",
+        ),
+        click.option(
+            "--max-line-bytes",
+            type=click.IntRange(min=256),
+            default=1 << 20,
+            metavar="BYTES",
+            show_default=True,
+            envvar=_env("max_line_bytes"),
+            help="Longer lines are skipped and reported.",
+        ),
+        click.option(
+            "--shutdown-timeout",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            metavar="SECONDS",
+            show_default=True,
+            envvar=_env("shutdown_timeout"),
+            help="How long a stop waits for backends to flush and close.",
+        ),
+        click.option(
+            "--retry-timeout",
+            type=click.FloatRange(min=0),
+            default=600.0,
+            metavar="SECONDS",
+            show_default=True,
+            envvar=_env("retry_timeout"),
+            help="How long a failing backend is retried (with backoff) before it counts as failed.",
+        ),
+        click.option(
+            "--run-name",
+            "--run_tag",
+            "run_name",
+            metavar="NAME",
+            envvar=_env("run_name"),
+            help="Name of the tracker runs.",
+        ),
+        click.option(
+            "--state/--no-state",
+            default=True,
+            show_default=True,
+            envvar=_env("state"),
+            help="Keep cursors and run ids in a state file beside the log, so that a restarted "
+            "tf-ship reopens the same runs and continues where it stopped (off with --example).",
+        ),
+        click.option(
+            "--state-file",
+            metavar="FILE",
+            envvar=_env("state_file"),
+            help="Where to keep the state [default: LOGDIR/.tf-ship-state.json].",
+        ),
+        click.option(
+            "--fresh",
+            is_flag=True,
+            envvar=_env("fresh"),
+            help="Ignore the saved state: new runs, from the start of the log.",
+        ),
+        click.option(
+            "--verbose",
+            "-v",
+            count=True,
+            envvar=_env("verbose"),
+            help="Say more (repeat for debug output).",
+        ),
+        click.option(
+            "--quiet",
+            "-q",
+            is_flag=True,
+            envvar=_env("quiet"),
+            help="Only errors, and the summary on failure.",
+        ),
+        *backend_option_decorators(),
+    ]
+
+
+def apply(decorators: Sequence[Decorator], function: Any) -> Any:  # noqa: ANN401
+    """Apply decorators so that options show in the order listed."""
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+# -- from flags to objects ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class ShipRequest:
+    """The shipping options of a command, validated, ready to build backends and a shipper."""
+
+    backends: tuple[str, ...]
+    backend_options: Mapping[str, Mapping[str, Any]]
+    params: Mapping[str, Any]
+    verbose: int = 0
+    quiet: bool = False
+
+    def build_backends(self) -> list[tuple[str, Any]]:
+        """Fresh backend instances (one set per shipped log)."""
+        from tf_ship.backends.registry import UnknownBackendError, create_backend  # noqa: PLC0415
+
+        try:
+            return [
+                (name, create_backend(name, self.backend_options[name])) for name in self.backends
+            ]
+        except UnknownBackendError as error:
+            raise click.UsageError(str(error)) from error
+
+    def ship_options(self, log_file: Path, **overrides: Any) -> Any:  # noqa: ANN401
+        """`ShipOptions` for shipping `log_file`."""
+        from tf_ship.shipper.ship import ShipOptions  # noqa: PLC0415
+        from tf_ship.shipper.state import STATE_NAME  # noqa: PLC0415
+        from tf_ship.shipper.worker import RetryPolicy  # noqa: PLC0415
+
+        p = self.params
+        state_file = p["state_file"]
+        state_path = Path(state_file) if state_file else None
+        if state_path is None and p["state"]:
+            state_path = log_file.parent / STATE_NAME
+        values: dict[str, Any] = {
+            "follow": p["follow"],
+            "wait": p["wait"],
+            "timeout": p["timeout"],
+            "poll_interval": p["poll_interval"],
+            "batch_size": p["batch_size"],
+            "max_line_bytes": p["max_line_bytes"],
+            "shutdown_timeout": p["shutdown_timeout"],
+            "retry": RetryPolicy(give_up_after=p["retry_timeout"]),
+            "run_name": p["run_name"],
+            "state_file": state_path,
+            "fresh": p["fresh"],
+        }
+        values.update(overrides)
+        return ShipOptions(**values)
+
+
+_SHIPPING_PARAMS = (
+    "follow", "wait", "timeout", "poll_interval", "batch_size", "max_line_bytes",
+    "shutdown_timeout", "retry_timeout", "run_name", "state", "state_file", "fresh",
+)  # fmt: skip
+
+
+def ship_request(params: dict[str, Any]) -> ShipRequest:
+    """Take the shipping options out of a command's parameters and check them."""
+    backends = tuple(params.pop("backends"))
+    extra = tuple(params.pop("backend_opts"))
+    verbose = params.pop("verbose")
+    quiet = params.pop("quiet")
+    configure_logging(verbose, quiet=quiet)
+    if not backends:
+        msg = "choose at least one --backend (for example: --backend jsonl)"
+        raise click.UsageError(msg)
+    if len(set(backends)) != len(backends):
+        msg = f"--backend names a backend twice: {', '.join(backends)}"
+        raise click.UsageError(msg)
+    routed = _route_backend_options(params, backends, extra)
+    shipping = {name: params.pop(name) for name in _SHIPPING_PARAMS}
+    return ShipRequest(backends, routed, shipping, verbose, quiet)
+
+
+def _route_backend_options(
+    params: dict[str, Any], backends: Sequence[str], extra: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Route `--<backend>-...` flags and `--backend-opt NAME.KEY=VALUE` to each backend."""
+    routed: dict[str, dict[str, Any]] = {name: {} for name in backends}
+    for backend, options in BACKEND_OPTIONS.items():
+        for option in options:
+            value = params.pop(param_name(backend, option))
+            if value in (None, ()):
+                continue
+            if backend not in routed:
+                msg = f"{option.flag} belongs to the {backend} backend: add --backend {backend}"
+                raise click.UsageError(msg)
+            routed[backend][option.keyword] = list(value) if option.multiple else value
+    for item in extra:
+        name_key, sep, value = item.partition("=")
+        name, dot, key = name_key.rpartition(".")
+        if not sep or not dot or not name or not key:
+            msg = f"--backend-opt {item!r} is not of the form NAME.KEY=VALUE"
+            raise click.UsageError(msg)
+        if name not in routed:
+            msg = f"--backend-opt {item!r} names backend {name!r}, which is not selected"
+            raise click.UsageError(msg)
+        routed[name][key.replace("-", "_")] = value
+    return routed
+
+
+def configure_logging(verbose: int, *, quiet: bool) -> None:
+    """tf-ship's messages go to standard error, prefixed, at the chosen level."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    if quiet:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tf-ship: %(message)s"))
+    root = logging.getLogger("tf_ship")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def finish(report: Any, *, quiet: bool) -> None:  # noqa: ANN401 - a ShipReport
+    """Print the summary (unless quiet and fine) and exit with the report's code."""
+    if not quiet or not report.ok:
+        click.echo(report.summary(), err=True)
+    sys.exit(0 if report.ok else EXIT_FAILURE)
