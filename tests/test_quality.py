@@ -21,8 +21,9 @@ def _tool(name: str) -> str:
 
 def test_ruff_is_clean() -> None:
     """`ruff check` finds nothing in the package, the tests and the benchmarks."""
+    folders = [f for f in ("tf_ship", "tests", "benchmarks", "examples") if (ROOT / f).is_dir()]
     result = subprocess.run(
-        [_tool("ruff"), "check", "tf_ship", "tests", "benchmarks", "examples"],
+        [_tool("ruff"), "check", *folders],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
