@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -40,3 +43,13 @@ def test_readme_starts_with_the_two_commands() -> None:
 def test_changelog_has_an_unreleased_section() -> None:
     """User-visible changes are collected under Unreleased until a release."""
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+
+
+def test_docs_site_builds_strictly(tmp_path: Path) -> None:
+    """`mkdocs build --strict` builds the site: no broken link or anchor, no page off the nav."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=False, env=env, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
