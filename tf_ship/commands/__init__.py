@@ -1,0 +1,1 @@
+"""Further tf-ship commands, each imported only when used (see `tf_ship.cli.COMMANDS`)."""
