@@ -322,7 +322,10 @@ def test_resume_reopens_the_run_and_keeps_keys(sqlite_uri: str, tmp_path: Path) 
     first.flush()
     first.close(RunStatus.KILLED)
     state = first.resume_state()
-    assert state == {"run_id": first.run_id, "tracking_uri": sqlite_uri}
+    assert state["run_id"] == first.run_id
+    assert state["tracking_uri"] == sqlite_uri
+    assert set(state["timestamps"]) == {"m/a_b", "m/a_b_2"}
+    assert state["in_flight"] == []  # events without a file position record no range
 
     second = MlflowBackend(sqlite_uri, EXPERIMENT)
     second.open(attrs.evolve(run, state=state))

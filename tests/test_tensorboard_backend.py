@@ -444,9 +444,10 @@ def test_default_directory_and_resume(tmp_path, monkeypatch):
     run = RunInfo(tmp_path, tmp_path / "torchfort.log", run_name="exp 1")
     backend = TensorBoardBackend()
     backend.open(run)
-    state = backend.resume_state()
-    assert Path(state["directory"]) == tmp_path / "runs" / "exp 1"
+    assert Path(backend.resume_state()["directory"]) == tmp_path / "runs" / "exp 1"
     backend.log_metrics([MetricEvent("m", "loss", 1, 1.0)])
+    backend.flush()
+    state = backend.resume_state()  # what the engine saves after the flush
     backend.close(RunStatus.KILLED)
 
     monkeypatch.chdir(tmp_path / "runs")

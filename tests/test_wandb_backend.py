@@ -265,7 +265,7 @@ def test_resume_state_reopens_the_same_run(runs: Path, logdir: Path, tmp_path: P
     # session's folder after its start second and the run id).
     second_dir = tmp_path / "second"
     second, second_log = ship_to_wandb(logdir, second_dir, ship_options={"state_file": state_file})
-    assert second.resume_state() == {"run_id": run_id, "dir": str(second_dir)}
+    assert second.resume_state() == {"run_id": run_id, "dir": str(second_dir), "events": 3}
     assert run_record(second_log).run_id == run_id
     assert run_record(second_log).resume
     assert metric_rows(first_log) == [{"m/loss": 1, "m/step": 1}, {"m/loss": 2, "m/step": 2}]

@@ -13,10 +13,18 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   (the largest double): MLflow returns that number, not ``inf``, when the metric is read back.
 - A metric row's identity is (key, timestamp, step, run, value): rows equal in all of these are
   merged. Each key therefore gets strictly increasing millisecond timestamps,
-  ``max(now, previous + 1)``, so that two log lines with the same key, step and value stay two
-  rows. A batch that is sent again (after a transient error, or split by the engine to isolate
-  a refused event) keeps the timestamps of its first attempt, so the store merges what already
-  arrived instead of duplicating it.
+  ``max(base, previous + 1)`` where ``base`` is the wall clock when the batch was prepared, so
+  that two log lines with the same key, step and value stay two rows. A batch that is sent again
+  (after a transient error, or split by the engine to isolate a refused event) keeps the
+  timestamps of its first attempt, so the store merges what already arrived instead of
+  duplicating it.
+- Replays after a crash get the same timestamps too. The resume state holds, as of the cursor,
+  each key's last timestamp (``timestamps``), and `prepare` records before a batch is sent the
+  byte range of its lines and its ``base`` (``in_flight``; the engine saves it before sending).
+  A restarted shipper replays from the cursor, recomputes ``max(base, previous + 1)`` in log
+  order with the recorded ``base`` for lines in a recorded range, and gets the very same
+  timestamps: the store merges whatever of the batch had arrived. A range is forgotten once
+  events past its end were flushed.
 - Steps are int64 and may be negative; MLflow stores them as they are.
 - Errors: a refused request (HTTP 4xx, e.g. ``INVALID_PARAMETER_VALUE`` for a bad key) raises
   `PermanentBackendError`, except a missing, deleted or forbidden run, which raises
@@ -33,7 +41,7 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   ``tf_ship.config_revision.<model>`` naming the newest revision. A config equal to an earlier
   revision logs nothing new.
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
-  forgets the timestamps of delivered events.
+  forgets the timestamps of delivered events and the ranges they complete.
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ FATAL_ERROR_CODES = frozenset(
 )
 """Refusals that concern the run itself, not one event: no event can be shipped."""
 _MAX_PENDING = 100_000
+_MAX_RANGES = 64
+"""Recorded in-flight ranges kept at most (only ranges whose last event was refused linger)."""
 
 _BAD_CHARACTER = re.compile(r"[^/\w.\- :]")
 _DOUBLE_DOT = re.compile(r"\.(?=\.)")
@@ -216,6 +226,8 @@ class MlflowBackend:
         self._keys = KeyMap()
         self._key_map_saved = 0
         self._last_timestamp: dict[str, int] = {}
+        self._durable_timestamps: dict[str, int] = {}
+        self._ranges: list[dict[str, int]] = []
         self._pending: dict[tuple[MetricEvent, int], int] = {}
         self._delivered: list[tuple[MetricEvent, int]] = []
         self._params: dict[str, str] = {}
@@ -262,6 +274,8 @@ class MlflowBackend:
             logger.warning("MLflow: run %s of the state is deleted; starting a new run", run_id)
             return None
         self._restore(found)
+        if run_id == run.state.get("run_id"):
+            self._restore_replay_state(run.state)
         if found.info.status != "RUNNING":
             self._client.update_run(run_id, status="RUNNING")
         return str(run_id)
@@ -284,6 +298,21 @@ class MlflowBackend:
                 self._keys.reserve(key, key)
         self._params = dict(found.data.params)
 
+    def _restore_replay_state(self, state: Mapping[str, Any]) -> None:
+        """Reload the last timestamps and in-flight ranges, to replay with the same timestamps."""
+        timestamps = state.get("timestamps")
+        if isinstance(timestamps, Mapping):
+            self._last_timestamp = {str(k): int(v) for k, v in timestamps.items()}
+            self._durable_timestamps = dict(self._last_timestamp)
+        ranges = state.get("in_flight")
+        if isinstance(ranges, list):
+            fields = ("device", "inode", "first", "last", "base")
+            self._ranges = [
+                {name: int(item[name]) for name in fields}
+                for item in ranges
+                if isinstance(item, Mapping) and all(name in item for name in fields)
+            ]
+
     def _create(self, run: RunInfo) -> str:
         client = self._client
         experiment = client.get_experiment_by_name(self.experiment)
@@ -304,8 +333,66 @@ class MlflowBackend:
         return str(created.info.run_id)
 
     def resume_state(self) -> dict[str, Any]:
-        """The run id and tracking URI, so that a restart reopens the same run."""
-        return {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
+        """What a restart needs: the run to reopen, and how to replay with the same timestamps.
+
+        The run id and tracking URI; each key's last timestamp as of the last flush; the
+        in-flight ranges recorded by `prepare`.
+        """
+        return {
+            "run_id": self.run_id,
+            "tracking_uri": self.tracking_uri,
+            "timestamps": dict(self._durable_timestamps),
+            "in_flight": [dict(item) for item in self._ranges],
+        }
+
+    def prepare(self, batch: Sequence[MetricEvent]) -> bool:
+        """Fix the timestamps of the batch's new events; True when a new range was recorded.
+
+        The engine saves `resume_state()` before sending when this returns True, so that a
+        replay of the batch after a crash gets the same timestamps.
+        """
+        base = time.time_ns() // 1_000_000
+        fresh: dict[tuple[int, int], list[int]] = {}
+        for event_id in _event_ids(batch):
+            if event_id in self._pending:
+                continue
+            event = event_id[0]
+            recorded = self._recorded_base(event)
+            if recorded is None and event.file is not None and event.offset >= 0:
+                fresh.setdefault((event.file.device, event.file.inode), []).append(event.offset)
+            key = self.metric_key(event)
+            timestamp = max(
+                base if recorded is None else recorded, self._last_timestamp.get(key, -1) + 1
+            )
+            self._last_timestamp[key] = timestamp
+            if len(self._pending) >= _MAX_PENDING:  # only refused events linger
+                self._pending.clear()
+            self._pending[event_id] = timestamp
+        for (device, inode), offsets in fresh.items():
+            self._ranges.append(
+                {
+                    "device": device,
+                    "inode": inode,
+                    "first": min(offsets),
+                    "last": max(offsets),
+                    "base": base,
+                }
+            )
+        del self._ranges[:-_MAX_RANGES]
+        return bool(fresh)
+
+    def _recorded_base(self, event: MetricEvent) -> int | None:
+        """The base timestamp recorded for the range holding the event's line, if any."""
+        if event.file is None or event.offset < 0:
+            return None
+        for item in self._ranges:
+            if (
+                item["device"] == event.file.device
+                and item["inode"] == event.file.inode
+                and item["first"] <= event.offset <= item["last"]
+            ):
+                return item["base"]
+        return None
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -334,11 +421,12 @@ class MlflowBackend:
         from mlflow.entities import Metric  # noqa: PLC0415
 
         ids = _event_ids(batch)
+        self.prepare(batch)  # a no-op when the engine prepared the batch already
         metrics = [
             Metric(
                 key=self.metric_key(event),
                 value=event.value,
-                timestamp=self._timestamp(event_id),
+                timestamp=self._pending[event_id],
                 step=event.step,
             )
             for event, event_id in zip(batch, ids, strict=True)
@@ -352,19 +440,6 @@ class MlflowBackend:
     def metric_key(self, event: MetricEvent) -> str:
         """The MLflow key of an event: ``<model>/<metric>``, made valid and unique."""
         return self._keys.key(event.key)
-
-    def _timestamp(self, event_id: tuple[MetricEvent, int]) -> int:
-        """A timestamp unique for the event's key; the same one when the event is re-sent."""
-        timestamp = self._pending.get(event_id)
-        if timestamp is not None:
-            return timestamp
-        key = self.metric_key(event_id[0])
-        timestamp = max(time.time_ns() // 1_000_000, self._last_timestamp.get(key, -1) + 1)
-        self._last_timestamp[key] = timestamp
-        if len(self._pending) >= _MAX_PENDING:  # only refused events linger
-            self._pending.clear()
-        self._pending[event_id] = timestamp
-        return timestamp
 
     def _save_key_map(self) -> None:
         if len(self._keys.renamed) == self._key_map_saved:
@@ -444,11 +519,23 @@ class MlflowBackend:
     def flush(self) -> None:
         """Nothing to send: `log_batch` returned only once the store had the metrics.
 
-        Forgets the timestamps of the events delivered since the last flush.
+        Forgets the timestamps of the events delivered since the last flush, and the in-flight
+        ranges that end at or before the last of them; the last timestamps become durable.
         """
+        reached: dict[tuple[int, int], int] = {}
         for event_id in self._delivered:
             self._pending.pop(event_id, None)
+            event = event_id[0]
+            if event.file is not None:
+                where = (event.file.device, event.file.inode)
+                reached[where] = max(reached.get(where, -1), event.offset)
         self._delivered.clear()
+        self._ranges = [
+            item
+            for item in self._ranges
+            if item["last"] > reached.get((item["device"], item["inode"]), -1)
+        ]
+        self._durable_timestamps = dict(self._last_timestamp)
 
     def close(self, status: RunStatus) -> None:
         """Mark the run FINISHED, FAILED or KILLED; a second call does nothing."""

@@ -28,6 +28,18 @@ SummaryWriter hands events to a background thread through a queue, and its `flus
 file without waiting for that queue, so up to `max_queue` events written before `flush()` are
 not in the file when it returns. `flush` here is a real barrier (written and fsynced).
 
+Crashes: TensorBoard files are append-only, so exactly-once delivery is kept by cutting off
+what a crashed shipper wrote after its last saved cursor. The resume state records, as of the
+last flush, the size of each event file of the session (a new file is recorded, right after its
+header, before anything else is written to it: `prepare` creates the writers of a batch's new
+models and asks the engine for a save), the digests of the configs written, and a random token
+that ends the name of every file the session creates. Reopening the run truncates each recorded
+file to its recorded size and removes the files that carry the recorded token but are not
+recorded (created after the last save): what is left holds exactly the events before the cursor,
+and the replay from the cursor writes the rest once. Purging with a restart marker
+(``SummaryWriter(purge_step=N)``) is not used: readers then drop every earlier event with a step
+at or above N, and TorchFort's steps may go backwards, so valid points would vanish.
+
 A model's config becomes a text summary (what ``add_text("config", ...)`` writes, tag
 ``config/text_summary``: a YAML code block) when it appears or changes, at step = the config's
 version, plus a hyperparameter session start in the model's own run (flattened keys such as
@@ -44,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -54,14 +67,15 @@ from pathlib import Path
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, group_by_model_step
-from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
+
+logger = logging.getLogger("tf_ship")
 
 INSTALL_HINT = "the tensorboard backend needs tensorboardX: install tf-ship[tensorboard]"
 CONFIG_TAG = "config"
 MAX_FOLDER_BYTES = 200
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|[\ud800-\udfff]")
 _WRITER_NUMBERS = itertools.count()
-_PROCESS_TOKEN = secrets.token_hex(3)
 
 
 def folder_name(model: str) -> str:
@@ -122,6 +136,38 @@ def config_markdown(config: Mapping[str, Any]) -> str:
     return f"{fence}yaml\n{text}{fence}\n"
 
 
+def _digest(config: Mapping[str, Any]) -> str:
+    """A short fingerprint of a config, to recognise it after a restart."""
+    text = json.dumps(config, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut an event file back to `size` bytes (and sync it); report a file that lost bytes."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        logger.warning("TensorBoard: event file %s of the saved state is gone", path)
+        return
+    try:
+        actual = os.fstat(fd).st_size
+        if actual > size:
+            logger.info(
+                "TensorBoard: cutting %s back to %d bytes (%d written after the last save)",
+                path,
+                size,
+                actual - size,
+            )
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        elif actual < size:
+            logger.warning(
+                "TensorBoard: %s has %d bytes, fewer than the %d saved", path, actual, size
+            )
+    finally:
+        os.close(fd)
+
+
 def _default_directory(run_name: str | None) -> Path:
     name = run_name or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     return Path("runs") / folder_name(name)
@@ -130,13 +176,23 @@ def _default_directory(run_name: str | None) -> Path:
 class _ModelWriter:
     """One model's event file: tensorboardX's synchronous `EventsWriter`."""
 
-    def __init__(self, tbx: Any, directory: Path) -> None:  # noqa: ANN401 - untyped module
+    def __init__(self, tbx: Any, directory: Path, token: str) -> None:  # noqa: ANN401
         directory.mkdir(parents=True, exist_ok=True)
-        suffix = f".{os.getpid()}.{next(_WRITER_NUMBERS)}.{_PROCESS_TOKEN}"
+        suffix = f".{os.getpid()}.{next(_WRITER_NUMBERS)}.{token}"
         self._tbx = tbx
         self._writer = tbx.EventsWriter(str(directory / "events"), suffix)
-        found = sorted(directory.glob(f"events.out.tfevents.*{suffix}"))
+        name = getattr(self._writer, "_file_name", None)
+        found = [Path(name)] if name else sorted(directory.glob(f"events.out.tfevents.*{suffix}"))
         self.path: Path | None = found[0] if len(found) == 1 else None
+
+    def size(self) -> int | None:
+        """The file's size on disk (after `flush`: everything written so far)."""
+        if self.path is None:
+            return None
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return None
 
     def write(self, step: int, values: Sequence[Any]) -> None:
         """Write one event holding `values` (Summary.Value messages) at `step`."""
@@ -192,7 +248,14 @@ class TensorBoardBackend:
         self._tbx: _TensorBoardX | None = None
         self._writers: dict[str, _ModelWriter] = {}
         self._folders: dict[str, str] = {}
-        self._configs: dict[str, Mapping[str, Any]] = {}
+        self._configs: dict[str, str] = {}
+        """Digest of the config written last, per model."""
+        self._token = secrets.token_hex(4)
+        self._durable_sizes: dict[str, int] = {}
+        """Size of each event file of this session at the last flush (relative paths)."""
+        self._durable_configs: dict[str, str] = {}
+        self._written: set[tuple[FileIdentity, int]] = set()
+        """Lines written since the last flush: a batch retried after a failed flush skips them."""
         self._closed = False
 
     # -- the run ------------------------------------------------------------------------------
@@ -207,10 +270,55 @@ class TensorBoardBackend:
             self.directory = _default_directory(run.run_name)
         self.directory = Path(self.directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
+        if recorded and Path(recorded).absolute() == self.directory:
+            self._cut_back(self.directory, run.state)
+
+    def _cut_back(self, directory: Path, state: Mapping[str, Any]) -> None:
+        """Undo what a crashed session wrote after its last saved state (see the module doc)."""
+        files = state.get("files")
+        files = dict(files) if isinstance(files, Mapping) else {}
+        for relative, size in files.items():
+            _truncate(directory / str(relative), int(size))
+        token = state.get("session")
+        if isinstance(token, str) and re.fullmatch(r"[0-9a-f]+", token):
+            for path in sorted(directory.glob(f"*/events.out.tfevents.*.{token}")):
+                if path.relative_to(directory).as_posix() not in files:
+                    logger.info("TensorBoard: removing %s (written after the last save)", path)
+                    path.unlink(missing_ok=True)
+        folders = state.get("folders")
+        if isinstance(folders, Mapping):
+            self._folders = {str(k): str(v) for k, v in folders.items()}
+        configs = state.get("configs")
+        if isinstance(configs, Mapping):
+            self._configs = {str(k): str(v) for k, v in configs.items()}
+            self._durable_configs = dict(self._configs)
 
     def resume_state(self) -> dict[str, Any]:
-        """The directory, so that a restarted shipper writes into the same runs."""
-        return {"directory": str(self.directory) if self.directory else None}
+        """What a restart needs: the directory, and what to cut back (see the module doc).
+
+        The directory, so that a restarted shipper writes into the same runs; and, as of the
+        last flush, the size of this session's files and the configs written.
+        """
+        return {
+            "directory": str(self.directory) if self.directory else None,
+            "session": self._token,
+            "folders": dict(self._folders),
+            "files": dict(self._durable_sizes),
+            "configs": dict(self._durable_configs),
+        }
+
+    def prepare(self, batch: Sequence[MetricEvent]) -> bool:
+        """Create the event files of the batch's new models; True when there were any.
+
+        The engine then saves `resume_state()`, which lists the new files, before the batch
+        is written: every file that can hold a metric is known to the saved state.
+        """
+        new = False
+        for model in dict.fromkeys(event.model for event in batch):
+            if model not in self._writers:
+                self._writer(model)
+                new = True
+        return new
 
     def _require_open(self) -> tuple[_TensorBoardX, Path]:
         if self._tbx is None or self.directory is None or self._closed:
@@ -223,16 +331,23 @@ class TensorBoardBackend:
         if writer is not None:
             return writer
         tbx, directory = self._require_open()
-        folder = folder_name(model)
-        taken = set(self._folders.values())
+        folder = self._folders.get(model) or folder_name(model)
+        taken = {f for m, f in self._folders.items() if m != model}
         if folder in taken:  # only a hash collision gets here; numbered in order of appearance
             folder = next(
                 f"{folder}~{n}" for n in itertools.count(2) if f"{folder}~{n}" not in taken
             )
-        writer = _ModelWriter(tbx, directory / folder)
+        writer = _ModelWriter(tbx, directory / folder, self._token)
+        writer.flush()  # the header is on disk: the file's size is where its events start
         self._folders[model] = folder
         self._writers[model] = writer
+        self._remember_size(writer)
         return writer
+
+    def _remember_size(self, writer: _ModelWriter) -> None:
+        size = writer.size()
+        if writer.path is not None and size is not None and self.directory is not None:
+            self._durable_sizes[writer.path.relative_to(self.directory).as_posix()] = size
 
     def folder_of(self, model: str) -> Path | None:
         """The run directory of a model, once something was written for it."""
@@ -242,27 +357,42 @@ class TensorBoardBackend:
     # -- data ---------------------------------------------------------------------------------
 
     def log_config(self, config: ModelConfig) -> None:
-        """Write the config as text and as hyperparameters, unless it is unchanged."""
-        if self._configs.get(config.model) == config.config:
+        """Write the config as text and as hyperparameters, unless it is unchanged.
+
+        The file is flushed at once: the config counts as written from then on.
+        """
+        digest = _digest(config.config)
+        if self._configs.get(config.model) == digest:
             return
         writer = self._writer(config.model)
         tbx, _ = self._require_open()
         text = tbx.summary.text(CONFIG_TAG, config_markdown(config.config))
         _, session_start, _ = tbx.summary.hparams(flatten(config.config), {})
         writer.write(config.version, [*text.value, *session_start.value])
-        self._configs[config.model] = config.config
+        writer.flush()
+        self._configs[config.model] = digest
+        self._durable_configs[config.model] = digest
+        self._remember_size(writer)
 
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
         """Write one event per run of consecutive lines with the same model and step."""
         value_type = self._require_open()[0].Summary.Value
+        written = self._written
+        if written:
+            batch = [e for e in batch if e.file is None or (e.file, e.offset) not in written]
         for model, step, events in group_by_model_step(batch):
             values = [value_type(tag=e.metric, simple_value=e.value) for e in events]
             self._writer(model).write(step, values)
+            written.update((e.file, e.offset) for e in events if e.file is not None)
 
     def flush(self) -> None:
-        """Write every model's events to its file and fsync it."""
+        """Write every model's events to its file and fsync it; remember the sizes."""
         for writer in self._writers.values():
             writer.flush()
+        for writer in self._writers.values():
+            self._remember_size(writer)
+        self._durable_configs = dict(self._configs)
+        self._written.clear()
 
     def close(self, status: RunStatus) -> None:  # noqa: ARG002 - event files have no run status
         """Flush and close every writer, even when one fails; a second call does nothing."""

@@ -51,10 +51,23 @@ closed the run, at the latest when the service exits (``wandb.teardown()``, whic
 interpreter exit). The backend does not tear the service down: other runs of the process may
 use it.
 
+Durability: wandb-core writes its transaction log (``run-<id>.wandb``, online and offline) in
+32 KiB blocks and, with ``x_transaction_log_flush_interval``, writes the partial block every so
+often; when the process that logged dies, wandb-core exits without writing the rows it still
+holds. So `flush` does more than the round trip: the run is started with a flush interval of
+0.05 s, and `flush` then waits until the run's own transaction log holds every row handed over
+(reading only what the file gained since the last flush). What `flush` acknowledged survives a
+crash of the shipper (not of the machine: wandb-core does not fsync).
+
 Resuming: `resume_state` gives the run id and directory, and `open` resumes that run
 (``resume="allow"``). Online, wandb continues the same run. Offline, each session writes a new
-``offline-run-<start second>-<id>`` folder that ``wandb sync`` joins into the same run; two
-sessions of one run started within the same second would share (and overwrite) one folder.
+``offline-run-<start second>-<id>`` folder (``-1``, ``-2``, ... appended when one started in the
+same second) that ``wandb sync`` joins into the same run. The resume state also counts the
+events the run holds as of the last flush. A session that crashed may have persisted rows past
+that point (handed over after the last flush), so `open` waits until the previous sessions'
+wandb-core released their transaction logs, counts the metric values their history rows hold,
+and skips that many more events of the replay, each checked against the rows it stands for; at
+the first event that does not match, it stops skipping and sends the rest (a warning says so).
 
 wandb is imported in `open`, never at import time; without it `open` raises
 `FatalBackendError`. The API key is wandb's business: nothing here reads, asks for or prints it.
@@ -62,18 +75,31 @@ wandb is imported in `open`, never at import time; without it `open` raises
 
 from __future__ import annotations
 
+import collections
+import logging
+import math
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, group_by_model_step
+from tf_ship.backends.wandb_records import TransactionLogTail, history_rows
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
+
+logger = logging.getLogger("tf_ship")
 
 INSTALL_HINT = "the wandb backend needs the wandb package: install tf-ship[wandb]"
 STEP = "step"
 _STEP_LIKE = re.compile(r"step(?: \(metric\))*")
+LOG_FLUSH_INTERVAL = 0.05
+"""Seconds between two writes of wandb-core's partial block to the transaction log."""
+DURABLE_TIMEOUT = 30.0
+"""Seconds `flush` waits for the transaction log to hold every row (then it fails, to retry)."""
+RELEASE_TIMEOUT = 30.0
+"""Seconds `open` waits for a crashed session's wandb-core to let go of its transaction log."""
 
 
 def step_key(model: str) -> str:
@@ -135,6 +161,110 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _metric_items(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A history row without wandb's own keys (``_step``, ``_runtime``, ``_timestamp``)."""
+    return {k: v for k, v in row.items() if not (k.startswith("_") and "/" not in k)}
+
+
+def events_in_row(row: Mapping[str, Any]) -> int:
+    """How many log events a history row written by this backend holds (all but the x-axis)."""
+    return max(0, len(_metric_items(row)) - 1)
+
+
+def _session_order(folder: str, run_id: str) -> tuple[str, int] | None:
+    """(start second, suffix) of a session folder of the run, or None for another folder."""
+    pattern = rf"(?:offline-)?run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?"
+    match = re.fullmatch(pattern, folder)
+    return None if match is None else (match[1], int(match[2] or 0))
+
+
+def session_logs(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """The transaction logs of every session of a run under a ``wandb`` folder, oldest first.
+
+    Online (``run-...``) and offline (``offline-run-...``) sessions, with the ``-1``, ``-2``
+    suffixes wandb adds to a session started in the same second as another.
+    """
+    try:
+        folders = list(Path(wandb_dir).iterdir())
+    except OSError:
+        return []
+    found = []
+    for folder in folders:
+        order = _session_order(folder.name, run_id)
+        path = folder / f"run-{run_id}.wandb"
+        if order is not None and path.is_file():
+            found.append((order, path))
+    return [path for _, path in sorted(found)]
+
+
+def _open_elsewhere(targets: set[str]) -> bool:
+    """True when another process has one of the files open (Linux ``/proc``; else False)."""
+    me = str(os.getpid())
+    try:
+        processes = [e.name for e in os.scandir("/proc") if e.name.isdigit() and e.name != me]
+    except OSError:
+        return False
+    for pid in processes:
+        try:
+            descriptors = list(os.scandir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                if str(Path(descriptor.path).readlink()) in targets:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def wait_until_released(paths: Sequence[Path], timeout: float = RELEASE_TIMEOUT) -> bool:
+    """Wait until no other process holds the files open; False when the timeout passed."""
+    targets = {os.path.realpath(path) for path in paths}
+    deadline = time.monotonic() + timeout
+    interval = 0.02
+    while _open_elsewhere(targets):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+        interval = min(interval * 2, 0.5)
+    return True
+
+
+def _earlier_rows(current: Path, saved_root: str | None) -> list[dict[str, Any]]:
+    """The history rows of the run's sessions before the one writing `current`, in order.
+
+    Sessions are looked for in the current ``wandb`` folder and in the one under the directory
+    the saved state names (when the run moved to another directory).
+    """
+    run_id = current.stem.removeprefix("run-")
+    folders = [current.parent.parent]
+    if saved_root and (Path(saved_root) / "wandb").resolve() != folders[0].resolve():
+        folders.append(Path(saved_root) / "wandb")
+    found = [path for folder in folders for path in session_logs(folder, run_id)]
+    logs = sorted(
+        (p for p in found if p.parent != current.parent),
+        key=lambda p: _session_order(p.parent.name, run_id) or ("", 0),
+    )
+    if logs and not wait_until_released(logs):
+        logger.warning("wandb: an earlier session still writes %s; counting anyway", logs)
+    rows: list[dict[str, Any]] = []
+    for path in logs:
+        try:
+            rows.extend(history_rows(path, strict=False))
+        except (OSError, ValueError) as error:
+            logger.warning("wandb: cannot read %s (%s); its rows are not counted", path, error)
+    return rows
+
+
+def _same_value(stored: Any, value: float) -> bool:  # noqa: ANN401 - a decoded JSON value
+    if not isinstance(stored, (int, float)) or isinstance(stored, bool):
+        return False
+    if math.isnan(value):
+        return math.isnan(stored)
+    return float(stored) == value
+
+
 class WandbBackend:
     """Logs to one wandb run; the keywords are ``wandb.init``'s (see `tf_ship.backends.options`).
 
@@ -171,6 +301,17 @@ class WandbBackend:
         self._rows = 0
         self._acknowledged_step: int | None = None
         self._view: str | None = None
+        self._held = 0
+        """Events the run held when this session started (all earlier sessions' rows)."""
+        self._sent = 0
+        """Events this session handed over (not counting skipped ones)."""
+        self._flushed_events = 0
+        """Events the run holds as of the last flush: what the resume state records."""
+        self._in_log = 0
+        """Events of this session found in its own transaction log."""
+        self._tail: TransactionLogTail | None = None
+        self._skip = 0
+        self._expected: collections.deque[dict[str, Any]] = collections.deque()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -179,10 +320,12 @@ class WandbBackend:
         if self._run is not None:
             return
         wandb = _import_wandb()
-        run_id = self.run_id or _text(run.state.get("run_id"))
+        saved_id = _text(run.state.get("run_id"))
+        run_id = self.run_id or saved_id
         directory = self.directory or _text(run.state.get("dir"))
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
+        settings, durable = self._settings(wandb)
         try:
             self._run = wandb.init(
                 project=self.project,
@@ -197,7 +340,7 @@ class WandbBackend:
                 mode=self.mode or os.environ.get("WANDB_MODE") or None,
                 config=None,
                 reinit="create_new",
-                settings=wandb.Settings(console="off"),
+                settings=settings,
             )
         except (wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
             msg = f"wandb refused to start the run: {error}"
@@ -209,6 +352,55 @@ class WandbBackend:
         sync_dir = getattr(settings, "sync_dir", None)
         url = getattr(self._run, "url", None)
         self._view = f"wandb sync {sync_dir}" if offline and sync_dir else (url or None)
+        if sync_dir:
+            current = Path(sync_dir) / f"run-{self._run.id}.wandb"
+            if durable:
+                self._tail = TransactionLogTail(current)
+            if run_id:
+                saved = run.state.get("events") if run_id == saved_id else None
+                saved_root = _text(run.state.get("dir")) if run_id == saved_id else None
+                rows = _earlier_rows(current, saved_root)
+                self._count_earlier_sessions(rows, saved if isinstance(saved, int) else None)
+        self._flushed_events = self._held
+
+    def _settings(self, wandb: Any) -> tuple[Any, bool]:  # noqa: ANN401 - wandb objects
+        """The run's settings; True when wandb-core writes its log every LOG_FLUSH_INTERVAL."""
+        try:
+            return wandb.Settings(
+                console="off", x_transaction_log_flush_interval=LOG_FLUSH_INTERVAL
+            ), True
+        except (TypeError, ValueError):  # a wandb without the setting
+            return wandb.Settings(console="off"), False
+
+    def _count_earlier_sessions(self, rows: list[dict[str, Any]], saved: int | None) -> None:
+        """Count the events earlier sessions wrote; plan to skip those past the saved count."""
+        held = 0
+        tail: list[dict[str, Any]] = []
+        for row in rows:
+            count = events_in_row(row)
+            if saved is not None and held >= saved:
+                tail.append(_metric_items(row))
+            elif saved is not None and held + count > saved:
+                tail = []  # a row across the saved count: no rows to check against
+            held += count
+        self._held = held
+        if saved is None:
+            return
+        if held < saved:
+            logger.warning(
+                "wandb: the run holds %d events, %d fewer than acknowledged before the crash "
+                "(wandb lost them); they are not sent again",
+                held,
+                saved - held,
+            )
+        elif held > saved:
+            self._skip = held - saved
+            self._expected = collections.deque(tail)
+            logger.info(
+                "wandb: %d events after the last saved cursor are in the run already; "
+                "they are not sent again",
+                self._skip,
+            )
 
     def _root_dir(self, directory: str | None) -> str | None:
         root = getattr(getattr(self._run, "settings", None), "root_dir", None)
@@ -220,9 +412,12 @@ class WandbBackend:
             raise FatalBackendError(msg)
         return self._run
 
-    def resume_state(self) -> dict[str, str | None]:
-        """The run id and wandb directory, for `open` to resume the same run next time."""
-        return dict(self._resume)
+    def resume_state(self) -> dict[str, Any]:
+        """The run id and wandb directory, for `open` to resume the same run next time.
+
+        Also how many events the run holds as of the last flush, to recognise a replay's rows.
+        """
+        return {**self._resume, "events": self._flushed_events}
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -234,6 +429,8 @@ class WandbBackend:
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
         """Log one row per (model, step); events already handed over are not sent again."""
         run = self._require_run()
+        if self._skip:
+            batch = self._skip_persisted(batch)
         handed_over = self._handed_over
         if handed_over:
             batch = [e for e in batch if e.offset < 0 or (e.file, e.offset) not in handed_over]
@@ -241,7 +438,43 @@ class WandbBackend:
             self._define(run, model, row)
             run.log(row)
             self._rows += 1
+            self._sent += len(events)
             handed_over.update((e.file, e.offset) for e in events if e.offset >= 0)
+
+    def _skip_persisted(self, batch: Sequence[MetricEvent]) -> Sequence[MetricEvent]:
+        """Leave out the events an earlier session persisted after its last saved cursor."""
+        index = 0
+        while self._skip and index < len(batch):
+            if not self._matches_persisted(batch[index]):
+                event = batch[index]
+                logger.warning(
+                    "wandb: %s at step %d (byte %d of the log) is not the row the run holds; "
+                    "sending it and the %d events after it that seemed persisted",
+                    event.key,
+                    event.step,
+                    event.offset,
+                    self._skip - 1,
+                )
+                self._skip = 0
+                self._expected.clear()
+                break
+            self._skip -= 1
+            index += 1
+        return batch[index:]
+
+    def _matches_persisted(self, event: MetricEvent) -> bool:
+        """True when the event is the next value of the persisted rows (any order in a row)."""
+        if not self._expected:
+            return True  # counted, but no rows to check against
+        row = self._expected[0]
+        key = metric_key(event.model, event.metric)
+        if key not in row or row.get(step_key(event.model)) != event.step:
+            return False
+        if not _same_value(row.pop(key), event.value):
+            return False
+        if len(row) <= 1:
+            self._expected.popleft()
+        return True
 
     def _define(self, run: Any, model: str, row: Mapping[str, Any]) -> None:  # noqa: ANN401
         """Give a new model its x-axis, and new keys that a glob would miss their own."""
@@ -266,13 +499,36 @@ class WandbBackend:
         return any(other != model and key.startswith(f"{other}/") for other in self._models)
 
     def flush(self) -> None:
-        """Wait until wandb-core's handler has taken every row so far (wandb has no flush)."""
+        """Wait until every row so far is in the run's transaction log (wandb has no flush).
+
+        A round trip through wandb-core first (its handler has then taken every row), then
+        polling of the transaction log, which wandb-core writes every LOG_FLUSH_INTERVAL.
+        """
         run = self._run
         if run is None:
             return
         if not run.disabled and run.settings.mode != "shared":
             self._acknowledged_step = run.step  # a round trip through wandb-core
+            if self._tail is not None:
+                self._wait_until_logged(self._tail)
+        self._flushed_events = self._held + self._sent
         self._handed_over.clear()
+
+    def _wait_until_logged(self, tail: TransactionLogTail) -> None:
+        deadline = time.monotonic() + DURABLE_TIMEOUT
+        interval = 0.005
+        while True:
+            self._in_log += sum(events_in_row(row) for row in tail.new_history_rows())
+            if self._in_log >= self._sent:
+                return
+            if time.monotonic() >= deadline:
+                msg = (
+                    f"wandb's transaction log {tail.path} holds {self._in_log} of "
+                    f"{self._sent} events after {DURABLE_TIMEOUT:g} s"
+                )
+                raise TimeoutError(msg)
+            time.sleep(interval)
+            interval = min(interval * 2, LOG_FLUSH_INTERVAL)
 
     def close(self, status: RunStatus) -> None:
         """Finish the run: exit code 1 for FAILED, else 0; a second call does nothing."""

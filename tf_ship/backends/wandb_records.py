@@ -273,6 +273,90 @@ def transaction_logs(directory: str | Path, run_id: str | None = None) -> list[P
     return sorted(wandb_dir.glob(pattern))
 
 
+class TransactionLogTail:
+    """Reads a transaction log that is still being written, a complete record at a time.
+
+    Each call of `new_records` reads only what was appended since the last call and returns the
+    records completed by it; a chunk that is not (yet) whole, or fails its checksum because it
+    is being written, is read again next time.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._position = 0
+        self._pieces: list[bytes] | None = None
+
+    def new_payloads(self) -> list[bytes]:
+        """The bytes of each record completed since the last call."""
+        try:
+            with self.path.open("rb") as stream:
+                if self._position == 0:
+                    header = stream.read(HEADER.size)
+                    if len(header) < HEADER.size:
+                        return []
+                    _check_header(header)
+                    self._position = HEADER.size
+                stream.seek(self._position)
+                data = stream.read()
+        except FileNotFoundError:
+            return []
+        return self._consume(data)
+
+    def _consume(self, data: bytes) -> list[bytes]:
+        start = self._position
+        end_of_data = start + len(data)
+        payloads: list[bytes] = []
+        position = start
+        while True:
+            block_end = (position // BLOCK_SIZE + 1) * BLOCK_SIZE
+            if block_end - position < CHUNK_HEADER.size:
+                if end_of_data < block_end:
+                    break
+                position = block_end
+                continue
+            if position + CHUNK_HEADER.size > end_of_data:
+                break
+            local = position - start
+            if data[local : local + CHUNK_HEADER.size] == bytes(CHUNK_HEADER.size):
+                if end_of_data < block_end:
+                    break  # not written yet, or a trailer still to come
+                position = block_end
+                continue
+            crc, length, kind = CHUNK_HEADER.unpack_from(data, local)
+            end = position + CHUNK_HEADER.size + length
+            if end > end_of_data or end > block_end:
+                break
+            if zlib.crc32(data[local + CHUNK_HEADER.size - 1 : end - start]) != crc:
+                break  # being written: read it again next time
+            self._take(kind, data[local + CHUNK_HEADER.size : end - start], payloads)
+            position = end
+        self._position = position
+        return payloads
+
+    def _take(self, kind: int, payload: bytes, payloads: list[bytes]) -> None:
+        if kind == FULL:
+            self._pieces = None
+            payloads.append(payload)
+        elif kind == FIRST:
+            self._pieces = [payload]
+        elif self._pieces is not None:
+            self._pieces.append(payload)
+            if kind == LAST:
+                payloads.append(b"".join(self._pieces))
+                self._pieces = None
+
+    def new_history_rows(self) -> list[dict[str, Any]]:
+        """The history rows among the records completed since the last call."""
+        protos: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
+        rows = []
+        for payload in self.new_payloads():
+            record = protos.Record()
+            record.ParseFromString(payload)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item_key(item): item_value(item) for item in record.history.item})
+        return rows
+
+
 def _path_of(item: Any) -> list[str]:  # noqa: ANN401 - a protobuf item
     return [str(item.key)] if item.key else [str(part) for part in item.nested_key]
 
@@ -304,6 +388,7 @@ __all__ = [
     "LAST",
     "MIDDLE",
     "TransactionLogError",
+    "TransactionLogTail",
     "config_of",
     "decode_json",
     "exit_code_of",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,7 +50,8 @@ class ShipOptions:
     fresh: bool = False
     """Ignore the saved state: start new runs from the start of the log."""
     state_interval: float = 1.0
-    """Seconds between two saves of the state while shipping."""
+    """Seconds between two periodic saves of the state while shipping (for cursors that moved
+    over lines without metrics); every flushed batch is saved at once anyway."""
 
     def worker_settings(self) -> WorkerSettings:
         """The part of the options each worker needs."""
@@ -134,6 +136,8 @@ class Shipper:
         self._signals = 0
         state_file = self.options.state_file
         self.state = None if state_file is None else StateStore(Path(state_file))
+        self._workers: list[BackendWorker] = []
+        self._save_lock = threading.Lock()
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -142,9 +146,11 @@ class Shipper:
         self._stop_reason = self._stop_reason or reason
         self.control.stop.set()
 
-    def request_drain(self, reason: str) -> None:
-        """Ship what the log holds now, then stop (status FINISHED)."""
+    def request_drain(self, reason: str, status: RunStatus | None = None) -> None:
+        """Ship what the log holds now, then stop; the runs end with `status` (or FINISHED)."""
         self._stop_reason = self._stop_reason or reason
+        if status is not None:
+            self.control.outcome.setdefault("status", status)
         self.control.drain.set()
 
     def install_signal_handlers(self) -> None:
@@ -234,8 +240,10 @@ class Shipper:
                     control=self.control,
                     settings=settings,
                     cursor=state.cursor if state.cursor.file is not None else None,
+                    save=None if self.state is None else self._save_now,
                 )
             )
+        self._workers = workers
         for worker in workers:
             worker.start()
         return workers
@@ -246,12 +254,30 @@ class Shipper:
             self._supervise_loop(workers)
         finally:
             self._save_state(workers)
+            if self.state is not None and self.state.saves:
+                logger.debug(
+                    "state saved %d times, %.2f ms per save",
+                    self.state.saves,
+                    1000 * self.state.seconds / self.state.saves,
+                )
+
+    def _save_now(self) -> None:
+        """Write every worker's last snapshot; raises OSError. Called from any thread.
+
+        Snapshots are gathered under the same lock as the write, so a save never writes an
+        older snapshot of a backend after a newer one (a write-ahead record must not be lost).
+        """
+        if self.state is None:
+            return
+        with self._save_lock:
+            self.state.save({worker.stats.name: worker.snapshot() for worker in self._workers})
 
     def _save_state(self, workers: list[BackendWorker]) -> None:
         if self.state is None:
             return
+        self._workers = workers
         try:
-            self.state.save({worker.stats.name: worker.snapshot() for worker in workers})
+            self._save_now()
         except OSError as error:
             logger.warning("could not save the state to %s: %s", self.state.path, error)
 

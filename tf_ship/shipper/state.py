@@ -2,7 +2,9 @@
 
 Written atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves either
 the old or the new state, never a torn one; the previous state is kept as ``<name>.prev`` and
-used when the current file is unreadable anyway (a filesystem that lost the rename).
+used when the current file is missing (a crash between the two renames of a save) or unreadable
+(a filesystem that lost the rename). Temporary files left by a crash in the middle of a save are
+removed by the next `load`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,13 @@ logger = logging.getLogger("tf_ship")
 
 STATE_NAME = ".tf-ship-state.json"
 STATE_VERSION = 1
+TEMP_SUFFIX = ".tmp"
+
+before_replace: Callable[[Path], None] | None = None
+"""Called with the temporary file once it is written and synced, before it replaces the state.
+
+For fault-injection tests only (a test kills the process here); None in normal use.
+"""
 
 
 @attrs.frozen
@@ -56,6 +65,10 @@ class StateStore:
     path: Path
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _last_written: str | None = attrs.field(default=None, init=False)
+    saves: int = attrs.field(default=0, init=False)
+    """How many times the file was written by this store."""
+    seconds: float = attrs.field(default=0.0, init=False)
+    """Time spent writing it, fsyncs included."""
 
     @property
     def previous(self) -> Path:
@@ -64,6 +77,7 @@ class StateStore:
 
     def load(self) -> dict[str, BackendState]:
         """The saved state, falling back to the previous copy when the file is damaged."""
+        self._remove_stale_temporaries()
         for candidate in (self.path, self.previous):
             try:
                 return self._read(candidate)
@@ -72,6 +86,13 @@ class StateStore:
             except StateError as error:
                 logger.warning("state file %s is unusable (%s)", candidate, error)
         return {}
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove the temporary files of saves that a crash interrupted."""
+        with contextlib.suppress(OSError):
+            for temp in self.path.parent.glob(f"{self.path.name}*{TEMP_SUFFIX}"):
+                with contextlib.suppress(OSError):
+                    temp.unlink()
 
     def _read(self, path: Path) -> dict[str, BackendState]:
         try:
@@ -103,23 +124,30 @@ class StateStore:
         with self._lock:
             if comparable == self._last_written:
                 return
+            started = time.perf_counter()
             text = json.dumps(document, indent=1, sort_keys=True)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+            fd, temp = tempfile.mkstemp(
+                prefix=self.path.name, suffix=TEMP_SUFFIX, dir=self.path.parent
+            )
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as stream:
                     stream.write(text)
                     stream.flush()
                     os.fsync(stream.fileno())
+                if before_replace is not None:
+                    before_replace(Path(temp))
                 if self.path.exists():
-                    os.replace(self.path, self.previous)
-                os.replace(temp, self.path)
+                    self.path.replace(self.previous)
+                Path(temp).replace(self.path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     Path(temp).unlink()
                 raise
             _fsync_directory(self.path.parent)
             self._last_written = comparable
+            self.saves += 1
+            self.seconds += time.perf_counter() - started
 
 
 def _fsync_directory(directory: Path) -> None:

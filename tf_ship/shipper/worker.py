@@ -3,6 +3,13 @@
 The log is the buffer: each backend reads the file at its own pace, so a slow or failing
 tracker only lags behind and never slows another, and memory holds at most one read block per
 backend. The cursor advances only after the backend's `flush` returned.
+
+Checkpoints: the worker keeps a snapshot of (cursor, the backend's `resume_state()`) taken at
+points where the two agree: after `open`, after each flushed batch (once the cursor moved past
+it), after a config was recorded, and before a batch is sent when the backend's optional
+`prepare(batch)` asks for a write-ahead save. At each of these points it calls its `save` hook,
+which makes the snapshot durable; a periodic save from another thread only ever writes the last
+snapshot, never a half-updated one.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ class BackendFailedError(Exception):
     """A backend kept failing past the retry budget, or failed while stopping."""
 
 
+SaveHook = Callable[[], None]
+"""Makes the current snapshots durable; raises OSError when the state cannot be written."""
+
+
 @attrs.frozen
 class RetryPolicy:
     """Exponential backoff with jitter; give up after `give_up_after` seconds of failures."""
@@ -58,6 +69,8 @@ class Control:
     """Stop reading now: finish the batch in hand, flush and close."""
     drain: threading.Event = attrs.field(factory=threading.Event)
     """Read to the current end of the log, then flush and close."""
+    outcome: dict[str, RunStatus] = attrs.field(factory=dict)
+    """``{"status": ...}`` when the runs should end with a given status (the application's)."""
 
 
 @attrs.frozen
@@ -87,6 +100,7 @@ class BackendWorker(threading.Thread):
         control: Control,
         settings: WorkerSettings,
         cursor: Cursor | None = None,
+        save: SaveHook | None = None,
     ) -> None:
         super().__init__(name=f"tf-ship-{name}", daemon=True)
         self.backend = backend
@@ -105,6 +119,8 @@ class BackendWorker(threading.Thread):
         self.parser = LineParser(settings.max_line_bytes)
         self.cursor = self.tailer.cursor
         self.resume: dict[str, Any] = dict(run.state)
+        self._snapshot = BackendState(self.cursor, self.resume)
+        self._save = save
         self._sent_configs: dict[str, Any] = {}
         self._last_forced_scan = -FORCED_SCAN_INTERVAL
         self._lines = 0
@@ -115,7 +131,7 @@ class BackendWorker(threading.Thread):
         """Open, ship until told to stop or the log ends, close with the right status."""
         try:
             self._retrying("open the run", lambda: self.backend.open(self.run_info))
-            self._remember_run()
+            self._retrying("save the state", lambda: self._checkpoint(required=True))
             self._loop()
         except BackendFailedError as error:
             self.stats.error = str(error)
@@ -126,13 +142,28 @@ class BackendWorker(threading.Thread):
             self._close()
 
     def snapshot(self) -> BackendState:
-        """The cursor and run facts to save: everything before the cursor was flushed."""
-        return BackendState(self.cursor, self.resume)
+        """The last consistent cursor and run facts: everything before the cursor was flushed."""
+        return self._snapshot
 
-    def _remember_run(self) -> None:
+    def _checkpoint(self, *, save: bool = True, required: bool = False) -> None:
+        """Take a snapshot of the cursor and the backend's resume state; save it if asked.
+
+        Call only where the two agree. A failed save raises when `required` (a write-ahead
+        save, without which the batch must not be sent); otherwise it is reported and the next
+        save catches up.
+        """
         resume_state = getattr(self.backend, "resume_state", None)
         if callable(resume_state):
             self.resume = dict(resume_state())
+        self._snapshot = BackendState(self.cursor, self.resume)
+        if not save or self._save is None:
+            return
+        try:
+            self._save()
+        except OSError as error:
+            if required:
+                raise
+            logger.warning("backend %s: could not save the state: %s", self.stats.name, error)
 
     def _close(self) -> None:
         if self.stats.error is not None:
@@ -140,7 +171,7 @@ class BackendWorker(threading.Thread):
         elif self.control.stop.is_set():
             status = RunStatus.KILLED
         else:
-            status = RunStatus.FINISHED
+            status = self.control.outcome.get("status", RunStatus.FINISHED)
         try:
             self.backend.close(status)
         except Exception as error:  # noqa: BLE001 - reported, never raised to other backends
@@ -205,9 +236,11 @@ class BackendWorker(threading.Thread):
             self._deliver(batch)
             if start + size < len(events):
                 self._move_cursor(chunk, events[start + size].offset)
+                self._checkpoint()
                 if self.control.stop.is_set():
                     return
         self.cursor = chunk.end
+        self._checkpoint(save=bool(events))
         self._lines += parsed.lines
         self.stats.lines = self._lines
         self.monitor.read_up_to(self._lines)
@@ -228,6 +261,7 @@ class BackendWorker(threading.Thread):
         if force:
             self._last_forced_scan = now
         configs = self.catalog.configs(force=force)
+        logged = False
         for model in models:
             config = configs.get(model)
             if config is None or self._sent_configs.get(model) == config.config:
@@ -246,6 +280,9 @@ class BackendWorker(threading.Thread):
                 )
             self._sent_configs[model] = config.config
             self.stats.configs += 1
+            logged = True
+        if logged:
+            self._checkpoint()
 
     def _deliver(self, batch: Sequence[MetricEvent]) -> None:
         """Hand a batch over and flush it; isolate events the tracker refuses for good."""
@@ -254,7 +291,11 @@ class BackendWorker(threading.Thread):
             self.backend.log_metrics(batch)
             self.backend.flush()
 
+        prepare = getattr(self.backend, "prepare", None)
         try:
+            if callable(prepare):
+                write_ahead = functools.partial(self._write_ahead, prepare, batch)
+                self._retrying(f"prepare {len(batch)} events", write_ahead)
             self._retrying(f"ship {len(batch)} events", send)
         except PermanentBackendError as error:
             if len(batch) > 1:
@@ -275,6 +316,17 @@ class BackendWorker(threading.Thread):
             return
         self.stats.events += len(batch)
         self.stats.batches += 1
+
+    def _write_ahead(
+        self, prepare: Callable[[Sequence[MetricEvent]], bool], batch: Sequence[MetricEvent]
+    ) -> None:
+        """Let the backend fix what a replay of `batch` must reproduce; save it before sending.
+
+        The snapshot keeps the cursor before the batch: after a crash the batch is replayed,
+        and the backend finds in its state what it needs to recognise it.
+        """
+        if prepare(batch):
+            self._checkpoint(required=True)
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call, retrying transient errors with backoff until the policy gives up."""
