@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,3 +99,33 @@ def test_exclude_everything_of_a_model_drops_exactly_its_events(
     globs = [f"{m.replace('[', '[[]').replace('*', '[*]').replace('?', '[?]')}/*" for m in dropped]
     kept = EventShaper(exclude=globs).events(events)
     assert keys(kept) == [e.key for e in events if e.model not in dropped]
+
+
+def test_command_line_filters_renames_and_prefixes(tmp_path: Path) -> None:
+    """--include/--exclude/--rename/--prefix reach every backend, configs included."""
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "tf_ship", "--example", "--no-follow", "-b", "jsonl",
+            "--jsonl-path", str(out), "--include", "mymodel/*", "--exclude", "*/train_lr",
+            "--rename", "mymodel=net", "--prefix", "run1.",
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    metrics = collections.Counter(r["metric"] for r in records if "metric" in r)
+    assert metrics == {"train_loss": 200, "l2 error (rel.)": 20}
+    assert {r["model"] for r in records} == {"run1.net"}
+    assert [r["model"] for r in records if "config" in r] == ["run1.net"]
+
+
+def test_malformed_rename_is_a_usage_error() -> None:
+    """A bad --rename exits 2 with the reason."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_ship", "--example", "--no-follow", "-b", "null",
+         "--rename", "justone"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "OLD=NEW" in result.stderr

@@ -249,6 +249,34 @@ def shipping_options() -> list[Decorator]:
             help="Ignore the saved state: new runs, from the start of the log.",
         ),
         click.option(
+            "--include",
+            multiple=True,
+            metavar="GLOB",
+            envvar=_env("include"),
+            help="Ship only MODEL/METRIC keys matching a glob (e.g. 'mymodel/*'). Repeatable.",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="GLOB",
+            envvar=_env("exclude"),
+            help="Do not ship MODEL/METRIC keys matching a glob (wins over --include). Repeatable.",
+        ),
+        click.option(
+            "--rename",
+            multiple=True,
+            metavar="OLD=NEW",
+            envvar=_env("rename"),
+            help="Rename a model (OLD=NEW) or one metric (MODEL/METRIC=MODEL/METRIC). Repeatable.",
+        ),
+        click.option(
+            "--prefix",
+            default="",
+            metavar="TEXT",
+            envvar=_env("prefix"),
+            help="Put TEXT before every model name (after renames).",
+        ),
+        click.option(
             "--verbose",
             "-v",
             count=True,
@@ -299,6 +327,8 @@ class ShipRequest:
 
     def ship_options(self, log_file: Path, **overrides: Any) -> Any:  # noqa: ANN401
         """`ShipOptions` for shipping `log_file`."""
+        from tf_ship.shipper.progress import ProgressReporter  # noqa: PLC0415
+        from tf_ship.shipper.shaping import EventShaper, parse_renames  # noqa: PLC0415
         from tf_ship.shipper.ship import ShipOptions  # noqa: PLC0415
         from tf_ship.shipper.state import STATE_NAME  # noqa: PLC0415
         from tf_ship.shipper.worker import RetryPolicy  # noqa: PLC0415
@@ -320,6 +350,15 @@ class ShipRequest:
             "run_name": p["run_name"],
             "state_file": state_path,
             "fresh": p["fresh"],
+            "shaper": EventShaper(
+                include=tuple(p["include"]),
+                exclude=tuple(p["exclude"]),
+                renames=parse_renames(p["rename"]),
+                prefix=p["prefix"],
+            ),
+            "progress": None
+            if self.quiet
+            else ProgressReporter(sys.stderr, follow=p["follow"], interactive=sys.stderr.isatty()),
         }
         values.update(overrides)
         return ShipOptions(**values)
@@ -328,6 +367,7 @@ class ShipRequest:
 _SHIPPING_PARAMS = (
     "follow", "wait", "timeout", "poll_interval", "batch_size", "max_line_bytes",
     "shutdown_timeout", "retry_timeout", "run_name", "state", "state_file", "fresh",
+    "include", "exclude", "rename", "prefix",
 )  # fmt: skip
 
 
@@ -345,6 +385,12 @@ def ship_request(params: dict[str, Any]) -> ShipRequest:
         msg = f"--backend names a backend twice: {', '.join(backends)}"
         raise click.UsageError(msg)
     routed = _route_backend_options(params, backends, extra)
+    from tf_ship.shipper.shaping import parse_renames  # noqa: PLC0415
+
+    try:
+        parse_renames(params["rename"])
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--rename") from error
     shipping = {name: params.pop(name) for name in _SHIPPING_PARAMS}
     return ShipRequest(backends, routed, shipping, verbose, quiet)
 

@@ -17,6 +17,8 @@ from tf_ship.backends.base import Backend
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
 from tf_ship.shipper.monitor import BackendStats, Monitor
+from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
+from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState, StateStore
 from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSettings
 
@@ -53,6 +55,11 @@ class ShipOptions:
     """Seconds between two periodic saves of the state while shipping (for cursors that moved
     over lines without metrics); every flushed batch is saved at once anyway."""
 
+    shaper: EventShaper | None = None
+    """Filters, renames and a prefix applied before every backend."""
+    progress: ProgressReporter | None = None
+    """Draws progress while shipping; None draws nothing."""
+
     def worker_settings(self) -> WorkerSettings:
         """The part of the options each worker needs."""
         return WorkerSettings(
@@ -62,6 +69,7 @@ class ShipOptions:
             poll_interval=self.poll_interval,
             max_line_bytes=self.max_line_bytes,
             retry=self.retry,
+            shaper=self.shaper if self.shaper is not None and self.shaper.active else None,
         )
 
 
@@ -133,6 +141,7 @@ class Shipper:
         self.control = Control()
         self.monitor = Monitor()
         self._stop_reason: str | None = None
+        self._started = time.monotonic()
         self._signals = 0
         state_file = self.options.state_file
         self.state = None if state_file is None else StateStore(Path(state_file))
@@ -171,11 +180,15 @@ class Shipper:
 
     def run(self) -> ShipReport:
         """Wait for the log, ship it, return the report."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         workers: list[BackendWorker] = []
-        if self._wait_for_log():
-            workers = self._start_workers()
-            self._supervise(workers)
+        try:
+            if self._wait_for_log():
+                workers = self._start_workers()
+                self._supervise(workers)
+        finally:
+            if self.options.progress is not None:
+                self.options.progress.close()
         return ShipReport(
             self.log_file,
             self.monitor.lines_read,
@@ -302,8 +315,30 @@ class Shipper:
                         "no new lines for %g s: shipping the rest and stopping", options.timeout
                     )
                     self.request_drain(f"no new lines for {options.timeout:g} s")
+            if options.progress is not None:
+                options.progress.update(self._progress(workers))
             for worker in workers:
                 worker.join(0.1 / len(workers))
+
+    def _progress(self, workers: list[BackendWorker]) -> Snapshot:
+        signature = _file_signature(self.log_file)
+        return Snapshot(
+            elapsed=time.monotonic() - self._started,
+            size=0 if signature is None else signature[1],
+            lines_read=self.monitor.lines_read,
+            backends=[
+                BackendProgress(
+                    worker.stats.name,
+                    worker.cursor.offset,
+                    worker.stats.lines,
+                    worker.stats.events,
+                    worker.stats.retries,
+                    failed=worker.stats.error is not None,
+                    lag_seconds=worker.lag_seconds(),
+                )
+                for worker in workers
+            ],
+        )
 
     def _join(self, workers: list[BackendWorker], timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -30,6 +30,7 @@ from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import MetricEvent, RunInfo, RunStatus
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.parse import LineParser
+from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState
 from tf_ship.shipper.tail import Chunk, Cursor, Tailer
 
@@ -84,6 +85,7 @@ class WorkerSettings:
     max_line_bytes: int = 1 << 20
     nul_grace: float = 2.0
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    shaper: EventShaper | None = None
 
 
 class BackendWorker(threading.Thread):
@@ -124,6 +126,9 @@ class BackendWorker(threading.Thread):
         self._sent_configs: dict[str, Any] = {}
         self._last_forced_scan = -FORCED_SCAN_INTERVAL
         self._lines = 0
+        self.caught_up_at = time.monotonic()
+        """When this worker last had shipped everything the log held."""
+        self.behind = True
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -206,8 +211,11 @@ class BackendWorker(threading.Thread):
             if read.chunk is not None:
                 self._ship_chunk(read.chunk)
                 interval = settings.min_poll_interval
-                if not read.at_end:
-                    continue
+            self.behind = not read.at_end
+            if read.at_end:
+                self.caught_up_at = time.monotonic()
+            elif read.chunk is not None:
+                continue
             if read.at_end and draining:
                 partial = self.tailer.pending_partial()
                 if partial is not None:
@@ -216,6 +224,10 @@ class BackendWorker(threading.Thread):
             self._send_configs(self._sent_configs)
             self.control.stop.wait(interval)
             interval = min(interval * 1.5, settings.poll_interval)
+
+    def lag_seconds(self) -> float:
+        """How long this backend has been behind the log (0 when caught up)."""
+        return time.monotonic() - self.caught_up_at if self.behind else 0.0
 
     def _content_key(self) -> tuple[object, int]:
         return (self.tailer.cursor.file, self.tailer.generation)
@@ -229,10 +241,16 @@ class BackendWorker(threading.Thread):
         if parsed.skipped:
             self.monitor.skip(self._content_key(), parsed.skipped)
         events = parsed.events
+        shaper = self.settings.shaper
+        if shaper is not None:
+            kept = shaper.events(events)
+            self._send_configs({e.model for e in events if shaper.name(e.model, e.metric)})
+            events = kept
         size = self.settings.batch_size
         for start in range(0, len(events), size):
             batch = events[start : start + size]
-            self._send_configs({event.model for event in batch})
+            if shaper is None:
+                self._send_configs({event.model for event in batch})
             self._deliver(batch)
             if start + size < len(events):
                 self._move_cursor(chunk, events[start + size].offset)
@@ -266,10 +284,11 @@ class BackendWorker(threading.Thread):
             config = configs.get(model)
             if config is None or self._sent_configs.get(model) == config.config:
                 continue
+            shaped = config if self.settings.shaper is None else self.settings.shaper.config(config)
             try:
                 self._retrying(
                     f"record the config of {model!r}",
-                    functools.partial(self.backend.log_config, config),
+                    functools.partial(self.backend.log_config, shaped),
                 )
             except PermanentBackendError as error:
                 logger.warning(
