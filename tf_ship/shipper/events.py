@@ -6,8 +6,10 @@ be traced back to its line and replayed from there.
 
 from __future__ import annotations
 
+import collections
 import enum
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,38 @@ class MetricEvent:
     def key(self) -> str:
         """The name most trackers show: ``<model>/<metric>``."""
         return f"{self.model}/{self.metric}"
+
+
+_EVENT_SLOTS = tuple(getattr(MetricEvent, field.name) for field in attrs.fields(MetricEvent))
+if any(f.validator or f.converter for f in attrs.fields(MetricEvent)) or hasattr(
+    MetricEvent, "__attrs_post_init__"
+):  # pragma: no cover - a guard for whoever changes MetricEvent
+    msg = "metric_events() sets slots directly: MetricEvent must stay a plain frozen record"
+    raise TypeError(msg)
+
+
+def metric_events(  # noqa: PLR0913 - one iterable per field
+    models: Iterable[str],
+    metrics: Iterable[str],
+    steps: Iterable[int],
+    values: Iterable[float],
+    *,
+    files: Iterable[FileIdentity | None],
+    offsets: Iterable[int],
+    count: int,
+) -> list[MetricEvent]:
+    """Build `count` events column by column, without a Python call per event.
+
+    The parser's fast path: the same objects as ``MetricEvent(...)`` makes (equal, same hash),
+    about three times cheaper, because each slot of all events is filled by one C-level loop
+    instead of running the generated ``__init__`` once per event. Each iterable must yield at
+    least `count` items.
+    """
+    events: list[MetricEvent] = list(map(object.__new__, itertools.repeat(MetricEvent, count)))
+    columns = (models, metrics, steps, values, files, offsets)
+    for slot, column in zip(_EVENT_SLOTS, columns, strict=True):
+        collections.deque(map(slot.__set__, events, column), maxlen=0)
+    return events
 
 
 @attrs.frozen

@@ -8,6 +8,8 @@ The step is the first ``, step: <signed int>, `` after the prefix, the value is 
 last ``": "``, and the metric is what lies between. One compiled regular expression scans a
 whole chunk at once (much faster than line by line); whatever lies between two matches is a
 line that is not a metric line, and is classified, counted and reported, never shipped.
+When every line of a chunk is a valid metric line (the usual case), the events are built column
+by column instead, which gives the same events about twice as fast.
 
 A NUL byte starts a line too: network filesystems show not-yet-written pages as NUL runs, and the
 valid text after such a run must not be lost with it. Text before a NUL run is a half-written line
@@ -16,12 +18,20 @@ valid text after such a run must not be lost with it. Text before a NUL run is a
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections.abc import Callable
 
 import attrs
 
-from tf_ship.shipper.events import FileIdentity, MetricEvent, SkippedLine, SkipReason
+from tf_ship.shipper.events import (
+    FileIdentity,
+    MetricEvent,
+    SkippedLine,
+    SkipReason,
+    metric_events,
+)
 
 PREFIX = b"TORCHFORT::WANDB: "
 _NAME = rb"[^\n\x00]*?"  # may be empty: the step is the FIRST step field
@@ -103,6 +113,57 @@ class LineParser:
 
         `line_number` is the number of lines before the chunk; reported line numbers are 1-based.
         """
+        lines = chunk.count(b"\n")
+        if chunk.endswith(b"\n") and b"\x00" not in chunk:
+            events = self._parse_clean(chunk, offset, file, lines)
+            if events is not None:
+                return ParsedChunk(events, [], lines)
+        return self._parse_any(chunk, offset, line_number, file, lines)
+
+    def _parse_clean(
+        self, chunk: bytes, offset: int, file: FileIdentity | None, lines: int
+    ) -> list[MetricEvent] | None:
+        """The events of a chunk whose lines are all valid metric lines; None for any other.
+
+        Without NUL bytes each line holds at most one match, which starts at the line's start
+        and ends at its newline: as many matches as lines means every line is a metric line.
+        """
+        found = METRIC_LINE.findall(chunk)
+        if len(found) != lines:
+            return None
+        if not found:
+            return []
+        lengths = list(map(len, chunk.split(b"\n")))
+        lengths.pop()  # after the last newline
+        if max(lengths) > self.max_line_bytes:
+            return None
+        raw_models, raw_steps, raw_metrics, raw_values = zip(*found, strict=True)
+        steps = list(map(int, raw_steps))
+        if min(steps) < INT64_MIN or max(steps) > INT64_MAX:
+            return None
+        names = {raw: self._name(raw) for raw in {*raw_models, *raw_metrics}}
+        starts = itertools.accumulate(
+            map(operator.add, lengths, itertools.repeat(1)), initial=offset
+        )
+        return metric_events(
+            map(names.__getitem__, raw_models),
+            map(names.__getitem__, raw_metrics),
+            steps,
+            map(float, raw_values),
+            files=itertools.repeat(file),
+            offsets=starts,
+            count=lines,
+        )
+
+    def _parse_any(
+        self,
+        chunk: bytes,
+        offset: int,
+        line_number: int,
+        file: FileIdentity | None,
+        lines: int,
+    ) -> ParsedChunk:
+        """Match by match: any chunk, whatever its lines hold."""
         events: list[MetricEvent] = []
         skipped: list[SkippedLine] = []
         append = events.append
@@ -134,7 +195,7 @@ class LineParser:
                 skipped.append(_skipped(SkipReason.BAD_STEP, chunk, start, offset, line_number))
         if next_line < len(chunk):
             _skip_gap(chunk, next_line, len(chunk), offset, line_number, max_len, skipped.append)
-        return ParsedChunk(events, skipped, chunk.count(b"\n"))
+        return ParsedChunk(events, skipped, lines)
 
 
 def _skipped(
