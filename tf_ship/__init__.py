@@ -10,28 +10,85 @@ The public API::
 and the `Backend` protocol for writing backends of your own (see docs/writing-a-backend.md).
 """
 
-from tf_ship.backends.base import (
-    Backend,
-    BackendError,
-    FatalBackendError,
-    PermanentBackendError,
-    ResumableBackend,
-    group_by_model_step,
-)
-from tf_ship.backends.registry import available_backends, create_backend
-from tf_ship.shipper.events import (
-    FileIdentity,
-    MetricEvent,
-    ModelConfig,
-    RunInfo,
-    RunStatus,
-    SkippedLine,
-    SkipReason,
-)
-from tf_ship.shipper.parse import LineParser
-from tf_ship.shipper.ship import LogNotFoundError, ShipOptions, Shipper, ShipReport, ship
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 __version__ = "0.1.0"
+
+if _TYPE_CHECKING:
+    from tf_ship.backends.base import (
+        Backend,
+        BackendError,
+        FatalBackendError,
+        PermanentBackendError,
+        ResumableBackend,
+        group_by_model_step,
+    )
+    from tf_ship.backends.registry import (
+        available_backends,
+        create_backend,
+    )
+    from tf_ship.shipper.events import (
+        FileIdentity,
+        MetricEvent,
+        ModelConfig,
+        RunInfo,
+        RunStatus,
+        SkippedLine,
+        SkipReason,
+    )
+    from tf_ship.shipper.parse import (
+        LineParser,
+    )
+    from tf_ship.shipper.ship import (
+        LogNotFoundError,
+        ShipOptions,
+        Shipper,
+        ShipReport,
+        ship,
+    )
+
+_EXPORTS = {
+    "Backend": "tf_ship.backends.base",
+    "BackendError": "tf_ship.backends.base",
+    "FatalBackendError": "tf_ship.backends.base",
+    "PermanentBackendError": "tf_ship.backends.base",
+    "ResumableBackend": "tf_ship.backends.base",
+    "group_by_model_step": "tf_ship.backends.base",
+    "available_backends": "tf_ship.backends.registry",
+    "create_backend": "tf_ship.backends.registry",
+    "FileIdentity": "tf_ship.shipper.events",
+    "MetricEvent": "tf_ship.shipper.events",
+    "ModelConfig": "tf_ship.shipper.events",
+    "RunInfo": "tf_ship.shipper.events",
+    "RunStatus": "tf_ship.shipper.events",
+    "SkippedLine": "tf_ship.shipper.events",
+    "SkipReason": "tf_ship.shipper.events",
+    "LineParser": "tf_ship.shipper.parse",
+    "LogNotFoundError": "tf_ship.shipper.ship",
+    "ShipOptions": "tf_ship.shipper.ship",
+    "ShipReport": "tf_ship.shipper.ship",
+    "Shipper": "tf_ship.shipper.ship",
+    "ship": "tf_ship.shipper.ship",
+}
+"""Public name -> the module that defines it; imported on first use, so that importing the
+command line (and `tf-ship --help`) does not load the engine."""
+
+
+def __getattr__(name: str) -> _Any:  # noqa: ANN401 - whatever the name is
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'tf_ship' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "Backend",
