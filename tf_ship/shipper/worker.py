@@ -247,13 +247,17 @@ class BackendWorker(threading.Thread):
             self._send_configs({e.model for e in events if shaper.name(e.model, e.metric)})
             events = kept
         size = self.settings.batch_size
+        position, lines = 0, chunk.line_number  # newlines counted so far, for cursors
         for start in range(0, len(events), size):
             batch = events[start : start + size]
             if shaper is None:
                 self._send_configs({event.model for event in batch})
             self._deliver(batch)
             if start + size < len(events):
-                self._move_cursor(chunk, events[start + size].offset)
+                following = events[start + size].offset - chunk.offset
+                lines += chunk.data.count(b"\n", position, following)
+                position = following
+                self.cursor = self.tailer.cursor_at(chunk.offset + following, lines)
                 self._checkpoint()
                 if self.control.stop.is_set():
                     return
@@ -262,11 +266,6 @@ class BackendWorker(threading.Thread):
         self._lines += parsed.lines
         self.stats.lines = self._lines
         self.monitor.read_up_to(self._lines)
-
-    def _move_cursor(self, chunk: Chunk, offset: int) -> None:
-        """Put the cursor at the start of the line at `offset` (the next one to ship)."""
-        lines = chunk.line_number + chunk.data.count(b"\n", 0, offset - chunk.offset)
-        self.cursor = self.tailer.cursor_at(offset, lines)
 
     def _send_configs(self, models: Iterable[str]) -> None:
         """Send the config of each model that has a new or changed one."""
