@@ -85,3 +85,13 @@ def test_plugin_sections_become_backend_options(tmp_path: Path) -> None:
     result = run(["--example", "--no-follow", "-b", name], tmp_path)
     assert result.returncode == 0, result.stderr
     assert events_in(tmp_path / "plugin.jsonl") == EXAMPLE_EVENTS
+
+
+def test_one_file_serves_every_command(tmp_path: Path) -> None:
+    """A setting that only `watch` takes does not break `ship` reading the same file."""
+    (tmp_path / "tf-ship.toml").write_text(
+        'backend = ["jsonl"]\nmax_logs = 4\n[jsonl]\npath = "shared.jsonl"\n', encoding="utf-8"
+    )
+    result = run(["--example", "--no-follow"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert events_in(tmp_path / "shared.jsonl") == EXAMPLE_EVENTS

@@ -57,8 +57,14 @@ def _backend_keys() -> dict[str, dict[str, str]]:
     return keys
 
 
-def config_defaults(data: Mapping[str, Any], params: Sequence[str]) -> dict[str, Any]:
-    """Turn a parsed tf-ship.toml into click defaults for a command with `params`."""
+def config_defaults(
+    data: Mapping[str, Any], params: Sequence[str], elsewhere: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Turn a parsed tf-ship.toml into click defaults for a command with `params`.
+
+    A setting that only another command takes (`elsewhere`) is left for that command, so that
+    one file can serve `ship`, `run` and `watch`.
+    """
     aliases = {"backend": "backends", "backend_opt": "backend_opts"}
     backend_keys = _backend_keys()
     defaults: dict[str, Any] = {}
@@ -73,13 +79,28 @@ def config_defaults(data: Mapping[str, Any], params: Sequence[str]) -> dict[str,
                 else:  # a plugin's option, or one the backend takes only as a keyword
                     extra.append(f"{key}.{sub}={sub_value}")
             continue
-        if name not in params:
+        if name in params:
+            defaults[name] = value
+        elif name not in elsewhere:
             msg = f"unknown setting {key!r} in the config file"
             raise click.BadParameter(msg, param_hint="--config")
-        defaults[name] = value
     if extra:
         defaults["backend_opts"] = [*defaults.get("backend_opts", []), *extra]
     return defaults
+
+
+def _other_commands_params(context: click.Context) -> list[str]:
+    """Parameter names of the sibling commands (the file may be shared between them)."""
+    root = context.find_root()
+    group = root.command
+    if not isinstance(group, click.Group) or root is context:
+        return []
+    names: list[str] = []
+    for name in group.list_commands(root):
+        command = group.get_command(root, name)
+        if command is not None and command is not context.command:
+            names.extend(p.name for p in command.params if p.name)
+    return names
 
 
 def _load_config(context: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -92,7 +113,7 @@ def _load_config(context: click.Context, _param: click.Parameter, value: str | N
         msg = f"cannot read {path}: {error}"
         raise click.BadParameter(msg, param_hint="--config") from error
     names = [p.name for p in context.command.params if p.name]
-    defaults = config_defaults(data, names)
+    defaults = config_defaults(data, names, _other_commands_params(context))
     context.default_map = {**defaults, **(context.default_map or {})}
     return str(path)
 
