@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing import event_accumulator
+from wandb_helpers import offline_wandb_env
 
 from tf_ship.backends.mlflow import KEY_MAP_TAG
 from tf_ship.backends.tensorboard import folder_name
@@ -125,23 +126,6 @@ def assert_same_events(expected: list[Event], got: list[Event], *, float32: bool
     assert sorted(want) == sorted(have)
     for series, values in want.items():
         assert _same_values(values, have[series], float32=float32), (series, values, have[series])
-
-
-def offline_wandb_env(root: Path) -> dict[str, str]:
-    """Settings for wandb offline: everything under `root`, nothing reaching the network."""
-    return {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_CONFIG_DIR": str(root / "wandb-config"),
-        "WANDB_CACHE_DIR": str(root / "wandb-cache"),
-        "WANDB_DATA_DIR": str(root / "wandb-data"),
-        "WANDB_BASE_URL": "http://127.0.0.1:9",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_DISABLE_GIT": "true",
-        "WANDB_DISABLE_CODE": "true",
-        "WANDB_X_DISABLE_STATS": "true",
-        "WANDB_X_DISABLE_META": "true",
-    }
 
 
 def run_tf_ship(

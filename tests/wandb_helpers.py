@@ -32,18 +32,16 @@ UNSET = (
 )
 
 
-def offline_wandb(monkeypatch: pytest.MonkeyPatch, root: Path) -> Path:
-    """Make wandb work offline under `root`, and return the directory for its runs.
+def offline_wandb_env(root: Path) -> dict[str, str]:
+    """Environment for wandb offline with everything under `root` (runs in root/wandb-runs).
 
     The base URL points at a closed loopback port, so that anything that tried the network
     anyway would fail at once instead of reaching out.
     """
-    runs = root / "wandb-runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    settings = {
+    return {
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
-        "WANDB_DIR": str(runs),
+        "WANDB_DIR": str(root / "wandb-runs"),
         "WANDB_CONFIG_DIR": str(root / "wandb-config"),
         "WANDB_CACHE_DIR": str(root / "wandb-cache"),
         "WANDB_DATA_DIR": str(root / "wandb-data"),
@@ -56,6 +54,13 @@ def offline_wandb(monkeypatch: pytest.MonkeyPatch, root: Path) -> Path:
         "WANDB_X_DISABLE_META": "true",
         "WANDB_X_SAVE_REQUIREMENTS": "false",
     }
+
+
+def offline_wandb(monkeypatch: pytest.MonkeyPatch, root: Path) -> Path:
+    """Make wandb work offline under `root`, and return the directory for its runs."""
+    settings = offline_wandb_env(root)
+    runs = Path(settings["WANDB_DIR"])
+    runs.mkdir(parents=True, exist_ok=True)
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     for name in UNSET:
