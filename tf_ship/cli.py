@@ -28,7 +28,11 @@ EXAMPLE_DIR = Path(__file__).parent / "example"
 LOG_NAME = "torchfort.log"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-COMMANDS: Mapping[str, str] = {}
+COMMANDS: Mapping[str, str] = {
+    "inspect": "tf_ship.commands.inspect:inspect_command",
+    "run": "tf_ship.commands.run:run_command",
+    "watch": "tf_ship.commands.watch:watch_command",
+}
 """Further commands: name -> ``module:attribute``, imported when used."""
 
 
