@@ -21,11 +21,11 @@ tf-ship [OPTIONS]
 python -m tf_ship [OPTIONS]
 ```
 
-Exit codes of the shipping commands: 0 when every backend shipped everything; 1 when a
-backend failed (the summary says which and why) or the log never appeared; 2 for a usage error
-(a one-line reason on standard error). SIGINT or SIGTERM stops reading, flushes and closes
-every backend and exits 0; a second signal exits at once. The final summary goes to standard
-error.
+Exit codes of `tf-ship` (`ship`) and `watch`: 0 when every backend shipped everything; 1 when
+a backend failed (the summary says which and why) or the log never appeared; 2 for a usage
+error (a one-line reason on standard error). SIGINT or SIGTERM stops reading, flushes and
+closes every backend and exits 0; a second signal exits at once. `tf-ship run` exits with the
+application's code instead (see its section). The final summary goes to standard error.
 """
 
 

@@ -18,13 +18,11 @@ import enum
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import attrs
@@ -32,7 +30,13 @@ import click
 
 from tf_ship.cli import CONTEXT
 from tf_ship.cli_options import EXIT_FAILURE, ShipRequest, apply, ship_request, shipping_options
-from tf_ship.shipper.ship import LOG_NAME, LogNotFoundError, Shipper, ShipReport
+from tf_ship.shipper.ship import (
+    LOG_NAME,
+    LogNotFoundError,
+    Shipper,
+    ShipReport,
+    install_stop_handlers,
+)
 
 logger = logging.getLogger("tf_ship")
 
@@ -263,7 +267,6 @@ class Watcher:
         self._running: list[WatchedLog] = []
         self._wake = threading.Event()
         self._stop_reason: str | None = None
-        self._signals = 0
         self._warned_waiting = False
         self._started = time.monotonic()
 
@@ -282,17 +285,7 @@ class Watcher:
 
         Call from the main thread (the only one that may install handlers).
         """
-
-        def handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-            self._signals += 1
-            name = signal.Signals(signum).name
-            if self._signals > 1:
-                os._exit(128 + signum)
-            logger.warning("%s received: stopping every log (send it again to exit at once)", name)
-            self.stop(f"stopped by {name}")
-
-        signal.signal(signal.SIGINT, handle)
-        signal.signal(signal.SIGTERM, handle)
+        install_stop_handlers(self.stop, "stopping every log")
 
     # -- running ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -142,7 +142,6 @@ class Shipper:
         self.monitor = Monitor()
         self._stop_reason: str | None = None
         self._started = time.monotonic()
-        self._signals = 0
         state_file = self.options.state_file
         self.state = None if state_file is None else StateStore(Path(state_file))
         self._workers: list[BackendWorker] = []
@@ -164,17 +163,7 @@ class Shipper:
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM: first one stops cleanly, a second one exits at once."""
-
-        def handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-            self._signals += 1
-            name = signal.Signals(signum).name
-            if self._signals > 1:
-                os._exit(128 + signum)
-            logger.warning("%s received: finishing (send it again to exit at once)", name)
-            self.request_stop(f"stopped by {name}")
-
-        signal.signal(signal.SIGINT, handle)
-        signal.signal(signal.SIGTERM, handle)
+        install_stop_handlers(self.request_stop)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -211,7 +200,7 @@ class Shipper:
         deadline = None if limit is None else time.monotonic() + limit
         interval = 0.05
         while not self.log_file.exists():
-            if self.control.stop.is_set():
+            if self.control.stop.is_set() or self.control.drain.is_set():
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 msg = f"{self.log_file} did not appear within {limit:g} s"
@@ -349,6 +338,26 @@ class Shipper:
                 worker.stats.error = f"did not finish within the shutdown timeout ({timeout:g} s)"
                 worker.stats.status = RunStatus.FAILED
                 logger.error("backend %s %s", worker.stats.name, worker.stats.error)
+
+
+def install_stop_handlers(stop: Callable[[str], None], doing: str = "finishing") -> None:
+    """SIGINT/SIGTERM call `stop(reason)` once; a second signal exits at once (128 + signal).
+
+    Call from the main thread: Python runs signal handlers there only.
+    """
+    received = 0
+
+    def handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        nonlocal received
+        received += 1
+        name = signal.Signals(signum).name
+        if received > 1:
+            os._exit(128 + signum)
+        logger.warning("%s received: %s (send it again to exit at once)", name, doing)
+        stop(f"stopped by {name}")
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
 
 
 def _file_signature(path: Path) -> tuple[int, int] | None:
