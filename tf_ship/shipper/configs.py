@@ -11,11 +11,13 @@ and a size limit.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import attrs
@@ -57,7 +59,11 @@ def load_config(text: bytes) -> tuple[str, dict[str, Any]]:
     if len(text) > MAX_CONFIG_BYTES:
         msg = f"larger than {MAX_CONFIG_BYTES} bytes"
         raise ConfigError(msg)
-    loader = _ConfigLoader(text.decode("utf-8", errors="replace"))
+    try:
+        # the reader refuses control characters (a NUL page of a half-written file) at once
+        loader = _ConfigLoader(text.decode("utf-8", errors="replace"))
+    except yaml.YAMLError as error:
+        raise ConfigError(str(error).replace("\n", " ")) from error
     try:
         node = loader.get_single_node()
         if not isinstance(node, yaml.MappingNode):
@@ -154,7 +160,13 @@ class ConfigCatalog:
         try:
             self._load(path, mtime_ns)
         except (ConfigError, OSError) as error:
-            logger.debug("config file %s not readable yet: %s", path, error)
+            if time.time() - mtime_ns / 1e9 >= BROKEN_REPORT_AFTER:
+                # unchanged for a while already (written before tf-ship started): not being
+                # written now, so report it at once; a one-shot run may end before a rescan
+                logger.warning("config file %s is unusable: %s", path, error)
+                self._files[path] = attrs.evolve(self._files[path], reported=True)
+            else:
+                logger.debug("config file %s not readable yet: %s", path, error)
             return
         self._files[path] = attrs.evolve(self._files[path], model=self._model_of(path))
 
@@ -165,7 +177,12 @@ class ConfigCatalog:
         return None
 
     def _load(self, path: Path, mtime_ns: int) -> None:
-        with path.open("rb") as stream:
+        # O_NONBLOCK: opening a FIFO named like a config must not wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as stream:
+            if not S_ISREG(os.fstat(fd).st_mode):
+                msg = "not a regular file"
+                raise ConfigError(msg)
             text = stream.read(MAX_CONFIG_BYTES + 1)
         identifier, config = load_config(text)
         previous = self._configs.get(identifier)

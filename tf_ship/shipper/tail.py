@@ -21,6 +21,7 @@ from pathlib import Path
 import attrs
 
 from tf_ship.shipper.events import FileIdentity, SkippedLine, SkipReason
+from tf_ship.shipper.parse import INT64_MAX, INT64_MIN, METRIC_LINE
 
 READ_BLOCK = 1 << 20
 FINGERPRINT_BYTES = 64
@@ -85,6 +86,16 @@ def _identity(stat: os.stat_result) -> FileIdentity:
     return FileIdentity(stat.st_dev, stat.st_ino)
 
 
+def _is_metric_line(line: bytes) -> bool:
+    """Whether `line` (ending with its newline) is a metric line the parser ships."""
+    match = METRIC_LINE.match(line)
+    return (
+        match is not None
+        and match.end() == len(line) - 1
+        and INT64_MIN <= int(match.group(2)) <= INT64_MAX
+    )
+
+
 def _fingerprint(before: bytes) -> int:
     return zlib.crc32(before[-FINGERPRINT_BYTES:])
 
@@ -145,25 +156,23 @@ class Tailer:
                 return self._read_new_file(result, hold_nul=hold_nul)
             return result
         # at least one byte more than the longest line, so that a too-long line is seen as such
-        length = min(max(self.read_block, self.max_line_bytes + 1), size - offset)
-        data = os.pread(self._fd, length, offset)
-        if self._discarding:
-            newline = data.find(b"\n")
-            if newline < 0:
-                self._advance(data, 0)
-                result.at_end = offset + len(data) >= size
-                return result
-            self._advance(data[: newline + 1], 1)  # the end of the skipped line
-            self._discarding = False
-            data = data[newline + 1 :]
-            offset = self.cursor.offset
-        last_newline = data.rfind(b"\n")
-        if last_newline < 0:
-            if len(data) > self.max_line_bytes:
+        window = max(self.read_block, self.max_line_bytes + 1)
+        data = os.pread(self._fd, min(window, size - offset), offset)
+        # a too-long line is skipped in this call, one block at a time, as far as the file goes
+        while self._discarding or (b"\n" not in data and len(data) > self.max_line_bytes):
+            if not self._discarding:
                 result.skipped.append(self._too_long(data))
                 self._discarding = True
-                self._advance(data, 0)
-            elif self._switch_if_replaced(result, pending=len(data)):
+            self._skip_long_line(data, at_eof=offset + len(data) >= size)
+            if self._discarding and self.cursor.offset == offset:
+                return result  # text after a NUL at the end of the file: wait for its end
+            offset = self.cursor.offset
+            if offset >= size or not data:
+                return result
+            data = os.pread(self._fd, min(window, size - offset), offset)
+        last_newline = data.rfind(b"\n")
+        if last_newline < 0:
+            if self._switch_if_replaced(result, pending=len(data)):
                 return self._read_new_file(result, hold_nul=hold_nul)
             result.at_end = offset + len(data) >= size
             return result
@@ -241,6 +250,37 @@ class Tailer:
             fingerprint = _fingerprint(os.pread(self._fd, length, offset - length))
         self.cursor = Cursor(self._identity, offset, cursor.line_number + lines, fingerprint)
 
+    def _skip_long_line(self, data: bytes, *, at_eof: bool) -> None:
+        """Move the cursor over the part of a too-long line that `data` (read at it) holds.
+
+        The line ends after its newline, or at its last NUL byte when what follows is a valid
+        metric line: a NUL starts a line (as for the parser), and the text after a NUL run of any
+        length must not be lost with it. Text after a NUL that may be such a line is read again
+        from its start, and waited for at the end of the file.
+        """
+        newline = data.find(b"\n")
+        end = len(data) if newline < 0 else newline
+        start = data.rfind(b"\x00", 0, end) + 1  # where text after the last NUL starts
+        if not start and not self._nul_before(self.cursor.offset):
+            start = end  # no NUL before the end of this block's part of the line
+        if 0 < end - start <= self.max_line_bytes:
+            if newline < 0 and (start or at_eof):
+                self._advance(data[:start], 0)
+                return
+            if newline >= 0 and _is_metric_line(data[start : newline + 1]):
+                self._advance(data[:start], 0)
+                self._discarding = False
+                return
+        if newline < 0:
+            self._advance(data, 0)
+        else:
+            self._advance(data[: newline + 1], 1)  # the end of the skipped line
+            self._discarding = False
+
+    def _nul_before(self, offset: int) -> bool:
+        assert self._fd is not None  # noqa: S101
+        return offset > 0 and os.pread(self._fd, 1, offset - 1) == b"\x00"
+
     def _hold_back_nul(self, complete: bytes) -> bytes:
         nul = complete.find(b"\x00")
         if nul < 0:
@@ -281,7 +321,10 @@ class Tailer:
                     partial,
                 )
             )
-        result.notices.append(f"{self.path} was replaced by a new file: shipping it from its start")
+        # the new file's identity makes each replacement's notice distinct (they are deduplicated)
+        result.notices.append(
+            f"{self.path} was replaced by a new file ({current}): shipping it from its start"
+        )
         self.close()
         self.cursor = Cursor()
         self.generation += 1
@@ -299,6 +342,7 @@ class Tailer:
         partial = os.pread(
             self._fd, min(size - self.cursor.offset, EXCERPT_BYTES), self.cursor.offset
         )
-        return SkippedLine(
-            SkipReason.INCOMPLETE, self.cursor.offset, self.cursor.line_number + 1, partial
-        )
+        # over the limit already: too long, as when a read finds it alone in a block
+        too_long = size - self.cursor.offset > self.max_line_bytes
+        reason = SkipReason.TOO_LONG if too_long else SkipReason.INCOMPLETE
+        return SkippedLine(reason, self.cursor.offset, self.cursor.line_number + 1, partial)
