@@ -455,10 +455,6 @@ def test_nul_run_of_any_length_keeps_the_valid_line_after_it(
     assert sum(report.skipped.values()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker counts only lines delivered in chunks, not lines the tailer skipped",
-)
 def test_lines_read_counts_lines_the_tailer_skipped(tmp_path: Path) -> None:
     """'read N lines' counts every line, also one the tailer skipped as too long.
 

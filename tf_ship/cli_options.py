@@ -230,7 +230,17 @@ def shipping_options() -> list[Decorator]:
             metavar="SECONDS",
             show_default=True,
             envvar=_env("shutdown_timeout"),
-            help="How long a stop waits for backends to flush and close.",
+            help="How long a stop waits in total for backends to flush and close.",
+        ),
+        click.option(
+            "--call-timeout",
+            type=click.FloatRange(min=0),
+            default=120.0,
+            metavar="SECONDS",
+            show_default=True,
+            envvar=_env("call_timeout"),
+            help="A backend call (open, config, batch and flush, close) that takes longer counts "
+            "as failed and is retried; the backend is never called twice at once (0: no limit).",
         ),
         click.option(
             "--retry-timeout",
@@ -268,6 +278,16 @@ def shipping_options() -> list[Decorator]:
             is_flag=True,
             envvar=_env("fresh"),
             help="Ignore the saved state: new runs, from the start of the log.",
+        ),
+        click.option(
+            "--on-restart",
+            type=click.Choice(["new-run", "continue"]),
+            default="new-run",
+            show_default=True,
+            envvar=_env("on_restart"),
+            help="When the application restarted in the same log directory (a metric's step "
+            "went back): ship what follows to a new run linked to the first (no curve goes "
+            "back), or continue the same run.",
         ),
         click.option(
             "--include",
@@ -367,10 +387,12 @@ class ShipRequest:
             "batch_size": p["batch_size"],
             "max_line_bytes": p["max_line_bytes"],
             "shutdown_timeout": p["shutdown_timeout"],
+            "call_timeout": p["call_timeout"],
             "retry": RetryPolicy(give_up_after=p["retry_timeout"]),
             "run_name": p["run_name"],
             "state_file": state_path,
             "fresh": p["fresh"],
+            "on_restart": p["on_restart"],
             "shaper": EventShaper(
                 include=tuple(p["include"]),
                 exclude=tuple(p["exclude"]),
@@ -387,7 +409,8 @@ class ShipRequest:
 
 _SHIPPING_PARAMS = (
     "follow", "wait", "timeout", "poll_interval", "batch_size", "max_line_bytes",
-    "shutdown_timeout", "retry_timeout", "run_name", "state", "state_file", "fresh",
+    "shutdown_timeout", "call_timeout", "retry_timeout", "run_name", "state", "state_file", "fresh",
+    "on_restart",
     "include", "exclude", "rename", "prefix",
 )  # fmt: skip
 

@@ -1,7 +1,7 @@
-"""Backends for tests: one that records every call, one that fails on purpose.
+"""Backends for tests: one that records every call, one that fails, one that hangs on purpose.
 
 Plugin authors can use them to test code around tf-ship; tf-ship's own tests use them to check
-isolation and retries. They are real backends: give them to `tf_ship.ship` or `--backend
+isolation, retries and timeouts. They are real backends: give them to `tf_ship.ship` or `--backend
 tf_ship.testing:RecordingBackend`.
 """
 
@@ -15,7 +15,7 @@ import attrs
 from tf_ship.backends.base import PermanentBackendError
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 
-__all__ = ["FailingBackend", "RecordingBackend"]
+__all__ = ["FailingBackend", "HangingBackend", "RecordingBackend"]
 
 
 @attrs.define
@@ -113,3 +113,51 @@ class FailingBackend:
         """Fail or record."""
         self.recorder.close(status)
         self._maybe_fail("close")
+
+
+@attrs.define
+class HangingBackend:
+    """Blocks in the chosen methods until `release` is set (never, unless a test sets it).
+
+    Stands for a tracker call that never returns: ``--backend tf_ship.testing:HangingBackend``
+    hangs in `log_metrics`, and ``--call-timeout`` decides when tf-ship stops waiting for it.
+    `hang_on` names the methods that block (a comma-separated string, as ``--backend-opt
+    NAME.hang_on=open,close`` passes it, works too); `entered` is set when a call starts to
+    block. Calls that do not block, and blocked calls once released, are recorded in `recorder`.
+    """
+
+    hang_on: Sequence[str] | str = ("log_metrics",)
+    recorder: RecordingBackend = attrs.field(factory=RecordingBackend)
+    release: threading.Event = attrs.field(factory=threading.Event)
+    entered: threading.Event = attrs.field(factory=threading.Event)
+
+    def _maybe_hang(self, method: str) -> None:
+        names = self.hang_on.split(",") if isinstance(self.hang_on, str) else self.hang_on
+        if method in names:
+            self.entered.set()
+            self.release.wait()
+
+    def open(self, run: RunInfo) -> None:
+        """Hang or record."""
+        self._maybe_hang("open")
+        self.recorder.open(run)
+
+    def log_config(self, config: ModelConfig) -> None:
+        """Hang or record."""
+        self._maybe_hang("log_config")
+        self.recorder.log_config(config)
+
+    def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Hang or record."""
+        self._maybe_hang("log_metrics")
+        self.recorder.log_metrics(batch)
+
+    def flush(self) -> None:
+        """Hang or record."""
+        self._maybe_hang("flush")
+        self.recorder.flush()
+
+    def close(self, status: RunStatus) -> None:
+        """Hang or record."""
+        self._maybe_hang("close")
+        self.recorder.close(status)

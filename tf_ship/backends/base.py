@@ -1,6 +1,8 @@
 """The contract between the engine and a tracker backend.
 
-The engine calls a backend from one thread only (the backend's own worker), in this order::
+The engine never calls a backend concurrently: one call at a time, from the backend's own
+worker (`open`, `log_config`, `log_metrics`, `flush` and `close` run on one thread the worker
+keeps for them, so that it can stop waiting for a call after ``--call-timeout``), in this order::
 
     open(run) -> [log_config(config) | log_metrics(batch) ... flush()]* -> close(status)
 
@@ -13,6 +15,14 @@ The engine calls a backend from one thread only (the backend's own worker), in t
   engine advances the backend's cursor after it returns, never before.
 - `close` ends the run with a status; it is called exactly once, even after a failure, and
   must release resources even when it raises.
+- When the application restarted (``--on-restart new-run``), the engine closes the run
+  (FINISHED) and calls `open` again for the next segment of the log: `run.segment` is then N
+  (the N-th restart), `run.first_run` holds what the first run's `resume_state` returned, and
+  the backend starts a new run, linked to the first as its tracker allows, keeping nothing of
+  the closed one. The sequence above then repeats.
+- A call that does not return within the call timeout counts as a transient failure; the
+  engine waits for that same call again before it calls anything else, and takes its result if
+  it returned meanwhile. A call that never returns fails the backend and its run is not closed.
 
 Isolation is the engine's job: an exception from one backend never reaches another. A backend
 raises `PermanentBackendError` for input it will never accept (the engine reports it and moves

@@ -25,21 +25,34 @@ def json_number(value: float) -> float | str:
 class JsonlBackend:
     """Writes ``{"model", "metric", "step", "value"}`` lines (and ``{"model", "config"}`` lines).
 
-    `path` is a file to append to; without it, lines go to standard output.
+    `path` is a file to append to; without it, lines go to standard output. A file has no runs:
+    when the application restarted (``--on-restart new-run``), a ``{"restart": N}`` line marks
+    where the lines of its N-th restart begin, followed by the configs again.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = None if path is None or str(path) in ("", "-") else Path(path)
         self._stream: IO[str] | None = None
         self._closed = False
+        self._segment = 0
 
-    def open(self, run: RunInfo) -> None:  # noqa: ARG002 - nothing of the run is needed
-        """Open the output file (appending) or take standard output."""
+    def open(self, run: RunInfo) -> None:
+        """Open the output file (appending) or take standard output; mark a restart."""
         if self.path is None:
             self._stream = sys.stdout
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._stream = self.path.open("a", encoding="utf-8")
+        self._closed = False
+        resumed = run.state.get("segment") == run.segment
+        self._segment = run.segment
+        if run.segment and not resumed:
+            self._write(json.dumps({"restart": run.segment}) + "\n")
+            self.flush()
+
+    def resume_state(self) -> dict[str, Any]:
+        """The segment written to, so that a resumed session does not mark its restart again."""
+        return {"segment": self._segment}
 
     def _write(self, text: str) -> None:
         if self._stream is None:

@@ -42,6 +42,10 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   revision logs nothing new.
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
   forgets the timestamps of delivered events and the ranges they complete.
+- After the application's N-th restart (``--on-restart new-run``) the backend is opened again
+  and creates a new run in the same experiment: a child of the first run (tag
+  ``mlflow.parentRunId``, so the MLflow UI nests it under the first run), named
+  ``<first run's name>-restart<N>``, with the tag ``tf_ship.restart`` = N.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
 KEY_MAP_TAG = "tf_ship.key_map"
 REVISION_TAG = "tf_ship.config_revision"
+PARENT_TAG = "mlflow.parentRunId"
+RESTART_TAG = "tf_ship.restart"
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -222,6 +228,8 @@ class MlflowBackend:
         self.tracking_uri = tracking_uri or environment_uri or DEFAULT_TRACKING_URI
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self.run_id = run_id or None
+        self._requested_run_id = self.run_id
+        self._run_name: str | None = None
         self._client: Any = None
         self._keys = KeyMap()
         self._key_map_saved = 0
@@ -242,6 +250,9 @@ class MlflowBackend:
             os.environ.setdefault(name, value)
         from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
 
+        if self._closed:  # the next segment's run: nothing of the previous one is kept
+            self._reset()
+        self.run_id = self._requested_run_id if run.segment == 0 else None
         try:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             self.run_id = self._resume(run) or self._create(run)
@@ -252,6 +263,20 @@ class MlflowBackend:
                 raise FatalBackendError(msg) from error
             raise
         logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
+
+    def _reset(self) -> None:
+        """Forget the closed run, to open another."""
+        self._run_name = None
+        self._keys = KeyMap()
+        self._key_map_saved = 0
+        self._last_timestamp = {}
+        self._durable_timestamps = {}
+        self._ranges = []
+        self._pending = {}
+        self._delivered = []
+        self._params = {}
+        self._reported = set()
+        self._closed = False
 
     def _resume(self, run: RunInfo) -> str | None:
         run_id = self.run_id
@@ -274,6 +299,7 @@ class MlflowBackend:
             logger.warning("MLflow: run %s of the state is deleted; starting a new run", run_id)
             return None
         self._restore(found)
+        self._run_name = found.info.run_name
         if run_id == run.state.get("run_id"):
             self._restore_replay_state(run.state)
         if found.info.status != "RUNNING":
@@ -329,7 +355,17 @@ class MlflowBackend:
         else:
             experiment_id = experiment.experiment_id
         tags = {"tf_ship.log_file": str(run.log_file)}
-        created = client.create_run(experiment_id, run_name=run.run_name, tags=tags)
+        name = run.run_name
+        if run.segment:
+            first_id = run.first_run.get("run_id")
+            same_store = run.first_run.get("tracking_uri") in (None, self.tracking_uri)
+            if first_id and same_store:
+                tags[PARENT_TAG] = str(first_id)
+            tags[RESTART_TAG] = str(run.segment)
+            first_name = run.first_run.get("run_name") or name or first_id
+            name = f"{first_name}-restart{run.segment}" if first_name else None
+        created = client.create_run(experiment_id, run_name=name, tags=tags)
+        self._run_name = created.info.run_name
         return str(created.info.run_id)
 
     def resume_state(self) -> dict[str, Any]:
@@ -340,6 +376,7 @@ class MlflowBackend:
         """
         return {
             "run_id": self.run_id,
+            "run_name": self._run_name,
             "tracking_uri": self.tracking_uri,
             "timestamps": dict(self._durable_timestamps),
             "in_flight": [dict(item) for item in self._ranges],

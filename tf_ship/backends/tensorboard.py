@@ -5,6 +5,9 @@ Layout::
     DIR/                      --tensorboard-dir, default ./runs/<run name or UTC timestamp>
         <model>/              one TensorBoard run per model (purging and steps are per run)
             events.out.tfevents.<time>.<host>.<pid>.<n>.<random>
+    DIR-restart1/             the application's first restart (``--on-restart new-run``)
+        <model>/              the same layout: ``tensorboard --logdir`` on DIR's parent shows
+                              ``DIR/<model>`` and ``DIR-restart1/<model>`` side by side
 
 Each metric is a scalar whose tag is the metric name, exactly as logged (tensorboardX's
 `add_scalar` would rewrite ``l2 error (rel.)`` as ``l2_error__rel._`` and could make two
@@ -245,6 +248,8 @@ class TensorBoardBackend:
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory: Path | None = Path(directory) if directory else None
+        self._requested = self.directory
+        self._segment = 0
         self._tbx: _TensorBoardX | None = None
         self._writers: dict[str, _ModelWriter] = {}
         self._folders: dict[str, str] = {}
@@ -261,17 +266,39 @@ class TensorBoardBackend:
     # -- the run ------------------------------------------------------------------------------
 
     def open(self, run: RunInfo) -> None:
-        """Import tensorboardX and choose the directory; writers are created on first use."""
+        """Import tensorboardX and choose the directory; writers are created on first use.
+
+        After the application's N-th restart (`run.segment` N), a new run's directory is the
+        first run's with ``-restart<N>`` appended.
+        """
         self._tbx = _TensorBoardX()
+        if self._closed:  # the next segment's run: nothing of the previous one is kept
+            self._reset()
+        self._segment = run.segment
         recorded = run.state.get("directory")
         if recorded:
             self.directory = Path(recorded)
-        elif self.directory is None:
-            self.directory = _default_directory(run.run_name)
+        elif run.segment:
+            first = run.first_run.get("directory") or self._requested
+            first_path = Path(first) if first else _default_directory(run.run_name)
+            self.directory = first_path.with_name(f"{first_path.name}-restart{run.segment}")
+        else:
+            self.directory = self._requested or _default_directory(run.run_name)
         self.directory = Path(self.directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         if recorded and Path(recorded).absolute() == self.directory:
             self._cut_back(self.directory, run.state)
+
+    def _reset(self) -> None:
+        """Forget the closed run, to open another."""
+        self._writers = {}
+        self._folders = {}
+        self._configs = {}
+        self._token = secrets.token_hex(4)
+        self._durable_sizes = {}
+        self._durable_configs = {}
+        self._written = set()
+        self._closed = False
 
     def _cut_back(self, directory: Path, state: Mapping[str, Any]) -> None:
         """Undo what a crashed session wrote after its last saved state (see the module doc)."""
@@ -410,8 +437,11 @@ class TensorBoardBackend:
             raise first_error
 
     def view_hint(self) -> str | None:
-        """The command that shows these curves."""
-        return None if self.directory is None else f"tensorboard --logdir {self.directory}"
+        """The command that shows these curves (and those of earlier segments)."""
+        if self.directory is None:
+            return None
+        shown = self.directory.parent if self._segment else self.directory
+        return f"tensorboard --logdir {shown}"
 
     def describe(self) -> dict[str, Any]:
         """Where the runs went, for the final summary."""

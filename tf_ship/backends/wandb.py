@@ -69,6 +69,13 @@ wandb-core released their transaction logs, counts the metric values their histo
 and skips that many more events of the replay, each checked against the rows it stands for; at
 the first event that does not match, it stops skipping and sends the rest (a warning says so).
 
+Application restarts (``--on-restart new-run``): the backend is closed and opened again for the
+next segment of the log, which becomes a new run (a new id, even when ``--wandb-id`` named the
+first) in the same project: in ``--wandb-group`` when given, else in a group named after the
+first run's id; named ``<--run-name>-restart<N>`` (``<first run's id>-restart<N>`` without a
+``--run-name``) and tagged ``restart``. The first run
+keeps the group it was started with (wandb sets a group when a run starts).
+
 wandb is imported in `open`, never at import time; without it `open` raises
 `FatalBackendError`. The API key is wandb's business: nothing here reads, asks for or prints it.
 """
@@ -295,6 +302,10 @@ class WandbBackend:
         self._run: Any = None
         self._closed = False
         self._resume: dict[str, str | None] = {"run_id": run_id, "dir": self.directory}
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start with nothing of an earlier run (the first open, or the next segment's run)."""
         self._models: set[str] = set()
         self._keys: set[str] = set()
         self._handed_over: set[tuple[FileIdentity | None, int]] = set()
@@ -312,6 +323,7 @@ class WandbBackend:
         self._tail: TransactionLogTail | None = None
         self._skip = 0
         self._expected: collections.deque[dict[str, Any]] = collections.deque()
+        self._closed = False
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -320,9 +332,12 @@ class WandbBackend:
         if self._run is not None:
             return
         wandb = _import_wandb()
+        if self._closed:  # the next segment's run: nothing of the previous one is kept
+            self._reset()
         saved_id = _text(run.state.get("run_id"))
-        run_id = self.run_id or saved_id
-        directory = self.directory or _text(run.state.get("dir"))
+        run_id = (self.run_id if run.segment == 0 else None) or saved_id
+        directory = self.directory or _text(run.state.get("dir")) or _text(run.first_run.get("dir"))
+        group, name, tags = self._naming(run)
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
         settings, durable = self._settings(wandb)
@@ -330,10 +345,10 @@ class WandbBackend:
             self._run = wandb.init(
                 project=self.project,
                 entity=self.entity,
-                group=self.group,
-                tags=self.tags or None,
+                group=group,
+                tags=tags or None,
                 job_type=self.job_type,
-                name=run.run_name,
+                name=name,
                 id=run_id,
                 resume="allow" if run_id else None,
                 dir=directory,
@@ -362,6 +377,16 @@ class WandbBackend:
                 rows = _earlier_rows(current, saved_root)
                 self._count_earlier_sessions(rows, saved if isinstance(saved, int) else None)
         self._flushed_events = self._held
+
+    def _naming(self, run: RunInfo) -> tuple[str | None, str | None, list[str]]:
+        """Group, name and tags of the run: a restart's are derived from the first run's."""
+        if not run.segment:
+            return self.group, run.run_name, list(self.tags)
+        first_id = _text(run.first_run.get("run_id"))
+        first_name = run.run_name or first_id
+        name = f"{first_name}-restart{run.segment}" if first_name else None
+        tags = [*self.tags, "restart"] if "restart" not in self.tags else list(self.tags)
+        return self.group or first_id, name, tags
 
     def _settings(self, wandb: Any) -> tuple[Any, bool]:  # noqa: ANN401 - wandb objects
         """The run's settings; True when wandb-core writes its log every LOG_FLUSH_INTERVAL."""

@@ -95,6 +95,12 @@ class RunInfo:
     log_file: Path
     run_name: str | None = None
     state: Mapping[str, Any] = attrs.field(factory=dict)
+    segment: int = 0
+    """Which application run of the log this tracker run is for: 0 for the first, N for the
+    run after the N-th restart of the application (``--on-restart new-run``)."""
+    first_run: Mapping[str, Any] = attrs.field(factory=dict)
+    """For a segment after the first: what the first segment's run left in its resume state (its
+    run id, name, directory), so that the new run can be linked to it; empty otherwise."""
 
 
 class RunStatus(enum.Enum):

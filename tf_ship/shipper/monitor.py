@@ -27,6 +27,8 @@ class BackendStats:
     retries: int = 0
     rejected: int = 0
     lines: int = 0
+    restarts: int = 0
+    """Application restarts found in the log, each one shipped to a run of its own."""
     status: RunStatus | None = None
     error: str | None = None
     view_hint: str | None = None

@@ -18,6 +18,7 @@ from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
+from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState, StateStore
 from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSettings
@@ -45,6 +46,9 @@ class ShipOptions:
     batch_size: int = 1000
     max_line_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0
+    """Seconds a stop waits in total for the backends to finish their batch, flush and close."""
+    call_timeout: float = 120.0
+    """Seconds one backend call may take before it counts as a transient failure; 0: no limit."""
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     run_name: str | None = None
     state_file: Path | None = None
@@ -54,6 +58,11 @@ class ShipOptions:
     state_interval: float = 1.0
     """Seconds between two periodic saves of the state while shipping (for cursors that moved
     over lines without metrics); every flushed batch is saved at once anyway."""
+    on_restart: OnRestart = attrs.field(default=OnRestart.CONTINUE, converter=OnRestart)
+    """When the application restarted (a series' step went back): ``new-run`` ships what
+    follows to a new run linked to the first, ``continue`` keeps one run for the whole log.
+    The command line's default is ``new-run``; this default (for Python callers) keeps one run,
+    as before the option existed."""
 
     shaper: EventShaper | None = None
     """Filters, renames and a prefix applied before every backend."""
@@ -69,6 +78,8 @@ class ShipOptions:
             poll_interval=self.poll_interval,
             max_line_bytes=self.max_line_bytes,
             retry=self.retry,
+            call_timeout=self.call_timeout,
+            on_restart=self.on_restart,
             shaper=self.shaper if self.shaper is not None and self.shaper.active else None,
         )
 
@@ -111,6 +122,8 @@ class ShipReport:
             )
             if stats.rejected:
                 line += f", {stats.rejected} refused"
+            if stats.restarts:
+                line += f", {stats.restarts} application restarts (a new run each)"
             if stats.error:
                 line += f"; error: {stats.error}"
             lines.append(line)
@@ -243,6 +256,7 @@ class Shipper:
                     settings=settings,
                     cursor=state.cursor if state.cursor.file is not None else None,
                     save=None if self.state is None else self._save_now,
+                    segments=Segments.from_json(state.segments),
                 )
             )
         self._workers = workers

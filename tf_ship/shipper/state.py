@@ -43,15 +43,24 @@ class BackendState:
 
     cursor: Cursor = attrs.field(factory=Cursor)
     resume: Mapping[str, Any] = attrs.field(factory=dict)
+    segments: Mapping[str, Any] = attrs.field(factory=dict)
+    """Which application run of the log the cursor is in (`Segments.to_json`); empty: the first."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values."""
-        return {"cursor": self.cursor.to_json(), "resume": dict(self.resume)}
+        data = {"cursor": self.cursor.to_json(), "resume": dict(self.resume)}
+        if self.segments:
+            data["segments"] = dict(self.segments)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BackendState:
         """Inverse of `to_json`."""
-        return cls(Cursor.from_json(data.get("cursor") or {}), dict(data.get("resume") or {}))
+        return cls(
+            Cursor.from_json(data.get("cursor") or {}),
+            dict(data.get("resume") or {}),
+            dict(data.get("segments") or {}),
+        )
 
 
 class StateError(ValueError):

@@ -10,18 +10,25 @@ it), after a config was recorded, and before a batch is sent when the backend's 
 `prepare(batch)` asks for a write-ahead save. At each of these points it calls its `save` hook,
 which makes the snapshot durable; a periodic save from another thread only ever writes the last
 snapshot, never a half-updated one.
+
+Application restarts (``--on-restart new-run``): the worker finds where a restarted application's
+lines begin (`tf_ship.shipper.segments`), ships everything before that line, finishes the run,
+opens a new one for the next segment and ships the rest there. The segment and the highest step
+of each series are part of the snapshot, as of its cursor.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
@@ -30,6 +37,7 @@ from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import MetricEvent, RunInfo, RunStatus
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.parse import LineParser
+from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState
 from tf_ship.shipper.tail import Chunk, Cursor, Tailer
@@ -46,6 +54,72 @@ class BackendFailedError(Exception):
 
 SaveHook = Callable[[], None]
 """Makes the current snapshots durable; raises OSError when the state cannot be written."""
+
+
+class CallTimeoutError(TimeoutError):
+    """A backend call did not return within the call timeout: a transient failure."""
+
+
+class _Call(Generic[T]):
+    """One backend call, made on the worker's caller thread; waiting for it can time out."""
+
+    def __init__(self, what: str, call: Callable[[], T]) -> None:
+        self.what = what
+        self._call = call
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._queued = time.monotonic()
+
+    def run(self) -> None:
+        """Make the call (on the caller thread) and keep its result or exception."""
+        try:
+            self._result = self._call()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting worker
+            self._error = error
+        finally:
+            self._done.set()
+
+    def running(self) -> bool:
+        """True while the call has not returned."""
+        return not self._done.is_set()
+
+    def wait(self, timeout: float) -> T:
+        """The call's result or exception; `CallTimeoutError` if it is still running."""
+        if not self._done.wait(timeout):
+            elapsed = time.monotonic() - self._queued
+            msg = f"no answer after {elapsed:.1f} s (call timeout {timeout:g} s)"
+            raise CallTimeoutError(msg)
+        if self._error is not None:
+            raise self._error
+        return cast("T", self._result)  # set when the call returned
+
+
+class _Caller:
+    """A daemon thread that makes one worker's backend calls, one at a time, in order.
+
+    The worker waits for each call with a timeout. A call that never returns keeps this thread
+    (a daemon: it cannot hold the process) and nothing else reaches the backend behind it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._queue.get()) is not None:
+            call.run()
+
+    def submit(self, what: str, call: Callable[[], T]) -> _Call[T]:
+        """Queue a call; the caller thread makes it after the calls queued before."""
+        pending = _Call(what, call)
+        self._queue.put(pending)
+        return pending
+
+    def shut(self) -> None:
+        """Let the thread end once the calls queued so far have returned."""
+        self._queue.put(None)
 
 
 @attrs.frozen
@@ -86,6 +160,10 @@ class WorkerSettings:
     nul_grace: float = 2.0
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     shaper: EventShaper | None = None
+    call_timeout: float = 120.0
+    """Seconds a backend call may take before it counts as a transient failure; 0: no limit."""
+    on_restart: OnRestart = OnRestart.CONTINUE
+    """What to do when the application restarted (its steps went back)."""
 
 
 class BackendWorker(threading.Thread):
@@ -103,9 +181,15 @@ class BackendWorker(threading.Thread):
         settings: WorkerSettings,
         cursor: Cursor | None = None,
         save: SaveHook | None = None,
+        segments: Segments | None = None,
     ) -> None:
         super().__init__(name=f"tf-ship-{name}", daemon=True)
         self.backend = backend
+        self.segments = segments or Segments()
+        if self.segments.number:
+            run = attrs.evolve(
+                run, segment=self.segments.number, first_run=dict(self.segments.first_run)
+            )
         self.run_info = run
         self.catalog = catalog
         self.monitor = monitor
@@ -121,11 +205,15 @@ class BackendWorker(threading.Thread):
         self.parser = LineParser(settings.max_line_bytes)
         self.cursor = self.tailer.cursor
         self.resume: dict[str, Any] = dict(run.state)
-        self._snapshot = BackendState(self.cursor, self.resume)
+        self._snapshot = BackendState(self.cursor, self.resume, self.segments.to_json())
         self._save = save
         self._sent_configs: dict[str, Any] = {}
         self._last_forced_scan = -FORCED_SCAN_INTERVAL
         self._lines = 0
+        self._caller: _Caller | None = None
+        """Makes the backend calls when they have a timeout; started with the first call."""
+        self._stuck: _Call[Any] | None = None
+        """A call abandoned when the worker gave up while it was still running."""
         self.caught_up_at = time.monotonic()
         """When this worker last had shipped everything the log held."""
         self.behind = True
@@ -145,6 +233,8 @@ class BackendWorker(threading.Thread):
             logger.exception("backend %s stopped by an unexpected error", self.stats.name)
         finally:
             self._close()
+            if self._caller is not None:
+                self._caller.shut()
 
     def snapshot(self) -> BackendState:
         """The last consistent cursor and run facts: everything before the cursor was flushed."""
@@ -160,7 +250,7 @@ class BackendWorker(threading.Thread):
         resume_state = getattr(self.backend, "resume_state", None)
         if callable(resume_state):
             self.resume = dict(resume_state())
-        self._snapshot = BackendState(self.cursor, self.resume)
+        self._snapshot = BackendState(self.cursor, self.resume, self.segments.to_json())
         if not save or self._save is None:
             return
         try:
@@ -178,7 +268,7 @@ class BackendWorker(threading.Thread):
         else:
             status = self.control.outcome.get("status", RunStatus.FINISHED)
         try:
-            self.backend.close(status)
+            self._close_backend(status)
         except Exception as error:  # noqa: BLE001 - reported, never raised to other backends
             logger.warning("backend %s failed to close its run: %s", self.stats.name, error)
             self.stats.error = self.stats.error or f"close failed: {error}"
@@ -208,20 +298,24 @@ class BackendWorker(threading.Thread):
                 self.monitor.notice(notice)
             if read.skipped:
                 self.monitor.skip(self._content_key(), read.skipped)
+                self._count_lines(len(read.skipped))  # whole lines the tailer skipped
             if read.chunk is not None:
                 self._ship_chunk(read.chunk)
                 interval = settings.min_poll_interval
             self.behind = not read.at_end
             if read.at_end:
                 self.caught_up_at = time.monotonic()
-            elif read.chunk is not None:
-                continue
+            else:
+                continue  # more to read now: no pause
             if read.at_end and draining:
                 partial = self.tailer.pending_partial()
                 if partial is not None:
                     self.monitor.skip(self._content_key(), [partial])
                 return
-            self._send_configs(self._sent_configs)
+            if settings.on_restart is not OnRestart.NEW_RUN:
+                # With new-run, a rewritten config waits for its model's next line: after a
+                # restart that line opens the new run, which gets the config, the old one not.
+                self._send_configs(self._sent_configs)
             self.control.stop.wait(interval)
             interval = min(interval * 1.5, settings.poll_interval)
 
@@ -241,34 +335,124 @@ class BackendWorker(threading.Thread):
         if parsed.skipped:
             self.monitor.skip(self._content_key(), parsed.skipped)
         events = parsed.events
-        shaper = self.settings.shaper
-        if shaper is not None:
-            kept = shaper.events(events)
-            self._send_configs({e.model for e in events if shaper.name(e.model, e.metric)})
-            events = kept
-        size = self.settings.batch_size
-        position, lines = 0, chunk.line_number  # newlines counted so far, for cursors
-        for start in range(0, len(events), size):
-            batch = events[start : start + size]
-            if shaper is None:
-                self._send_configs({event.model for event in batch})
-            self._deliver(batch)
-            if start + size < len(events):
-                following = events[start + size].offset - chunk.offset
-                lines += chunk.data.count(b"\n", position, following)
-                position = following
-                self.cursor = self.tailer.cursor_at(chunk.offset + following, lines)
-                self._checkpoint()
-                if self.control.stop.is_set():
-                    return
+        detect = self.settings.on_restart is OnRestart.NEW_RUN
+        moved: tuple[int, int] | None = (0, chunk.line_number)  # newlines counted, for cursors
+        while moved is not None:
+            cut = self.segments.boundary(events) if detect else None
+            moved = self._ship_events(chunk, events[:cut], moved, restart_follows=cut is not None)
+            if moved is None:
+                return  # stopped in the middle of the chunk
+            if cut is None:
+                break
+            position, lines = moved
+            restart = events[cut]
+            lines += chunk.data.count(b"\n", position, restart.offset - chunk.offset)
+            moved = (restart.offset - chunk.offset, lines)
+            self.cursor = self.tailer.cursor_at(restart.offset, lines)
+            self._next_segment(restart)
+            events = events[cut:]
+            if self.control.stop.is_set():
+                return
         self.cursor = chunk.end
-        self._checkpoint(save=bool(events))
-        self._lines += parsed.lines
+        self._checkpoint(save=bool(parsed.events))
+        self._count_lines(parsed.lines)
+
+    def _count_lines(self, lines: int) -> None:
+        self._lines += lines
         self.stats.lines = self._lines
         self.monitor.read_up_to(self._lines)
 
-    def _send_configs(self, models: Iterable[str]) -> None:
-        """Send the config of each model that has a new or changed one."""
+    def _ship_events(
+        self,
+        chunk: Chunk,
+        events: Sequence[MetricEvent],
+        moved: tuple[int, int],
+        *,
+        restart_follows: bool,
+    ) -> tuple[int, int] | None:
+        """Ship events of one segment of the chunk in batches, moving the cursor after each.
+
+        `moved` is (position in the chunk, line number) where the cursor stands; returns where
+        it stands after the last mid-chunk move, or None when stopped. Before a restart, configs
+        that changed are not sent: they belong to the application run after it.
+        """
+        position, lines = moved
+        shaper = self.settings.shaper
+        changed = not restart_follows
+        events_to_send: Sequence[MetricEvent] = events
+        if shaper is not None:
+            events_to_send = shaper.events(events)
+            models = {e.model for e in events if shaper.name(e.model, e.metric)}
+            self._send_configs(models, changed=changed)
+        size = self.settings.batch_size
+        observed = 0
+        for start in range(0, len(events_to_send), size):
+            batch = events_to_send[start : start + size]
+            if shaper is None:
+                self._send_configs({event.model for event in batch}, changed=changed)
+            self._deliver(batch)
+            if start + size < len(events_to_send):
+                following = events_to_send[start + size].offset - chunk.offset
+                lines += chunk.data.count(b"\n", position, following)
+                position = following
+                self.cursor = self.tailer.cursor_at(chunk.offset + following, lines)
+                observed = self._observe(events, observed, chunk.offset + following)
+                self._checkpoint()
+                if self.control.stop.is_set():
+                    return None
+        self._observe(events, observed, None)
+        return position, lines
+
+    def _observe(self, events: Sequence[MetricEvent], start: int, before: int | None) -> int:
+        """Let restart detection take the events from `start` up to offset `before` (or all)."""
+        if self.settings.on_restart is not OnRestart.NEW_RUN:
+            return start
+        end = (
+            len(events)
+            if before is None
+            else bisect.bisect_left(events, before, lo=start, key=lambda e: e.offset)
+        )
+        self.segments.observe(events[start:end])
+        return end
+
+    def _next_segment(self, restart: MetricEvent) -> None:
+        """The application restarted at `restart`: finish the run, open the next segment's.
+
+        The cursor stands at the restart's line. The state is saved before the run is closed (a
+        crash then reopens and finishes the old run, and finds the restart again) and once the
+        new run is open (a crash after that resumes the new run).
+        """
+        segments = self.segments
+        highest = segments.highest.get((restart.model, restart.metric))
+        logger.info(
+            "backend %s: %s went back from step %s to %d at line %d: the application restarted; "
+            "what follows goes to a new run (restart %d)",
+            self.stats.name,
+            restart.key,
+            highest,
+            restart.step,
+            self.cursor.line_number + 1,
+            segments.number + 1,
+        )
+        self._retrying("save the state", lambda: self._checkpoint(required=True))
+        first_run = segments.first_run if segments.number else dict(self.resume)
+        try:
+            self._close_backend(RunStatus.FINISHED)
+        except Exception as error:  # noqa: BLE001 - reported; the next run is opened anyway
+            logger.warning("backend %s failed to close its run: %s", self.stats.name, error)
+        segments.begin_next(first_run)
+        self.run_info = attrs.evolve(
+            self.run_info, state={}, segment=segments.number, first_run=dict(segments.first_run)
+        )
+        self.resume = {}
+        self._sent_configs.clear()
+        self._last_forced_scan = -FORCED_SCAN_INTERVAL  # the new run's configs are looked for now
+        self.stats.restarts += 1
+        self._retrying("open the run", lambda: self.backend.open(self.run_info))
+        self._retrying("save the state", lambda: self._checkpoint(required=True))
+
+    def _send_configs(self, models: Iterable[str], *, changed: bool = True) -> None:
+        """Send the config of each model that has a new (or, if `changed`, a changed) one."""
         models = list(models)
         if not models:
             return
@@ -282,6 +466,8 @@ class BackendWorker(threading.Thread):
         for model in models:
             config = configs.get(model)
             if config is None or self._sent_configs.get(model) == config.config:
+                continue
+            if not changed and model in self._sent_configs:
                 continue
             shaped = config if self.settings.shaper is None else self.settings.shaper.config(config)
             try:
@@ -347,24 +533,39 @@ class BackendWorker(threading.Thread):
             self._checkpoint(required=True)
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Call, retrying transient errors with backoff until the policy gives up."""
+        """Call, retrying transient errors with backoff until the policy gives up.
+
+        With a call timeout, a call that has not returned in time counts as a transient failure.
+        The backend is never called twice at once: the next attempt waits again for the same
+        call (up to the call timeout) and takes its result if it returned meanwhile, or makes the
+        call anew if it raised. A call still running when the policy gives up (or a stop comes)
+        is abandoned on its daemon thread, and the backend fails.
+        """
         policy = self.settings.retry
+        timeout = self.settings.call_timeout
         first_failure: float | None = None
         attempt = 0
+        pending: _Call[T] | None = None
         while True:
             try:
-                return call()
+                if timeout <= 0:
+                    return call()
+                pending = pending or self._submit(what, call)
+                return pending.wait(timeout)
             except PermanentBackendError:
                 raise
             except FatalBackendError as error:
                 msg = f"could not {what}: {error}"
                 raise BackendFailedError(msg) from error
             except Exception as error:
+                if pending is not None and not pending.running():
+                    pending = None  # it raised: the next attempt calls again
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 attempt += 1
                 self.stats.retries += 1
                 if self.control.stop.is_set() or now - first_failure >= policy.give_up_after:
+                    self._stuck = pending
                     msg = f"could not {what}: {type(error).__name__}: {error}"
                     raise BackendFailedError(msg) from error
                 delay = policy.delay(attempt)
@@ -378,3 +579,29 @@ class BackendWorker(threading.Thread):
                     delay,
                 )
                 self.control.stop.wait(delay)
+
+    def _close_backend(self, status: RunStatus) -> None:
+        """Close the backend's run, within the call timeout; never while another call runs.
+
+        A call abandoned while still running gets up to the call timeout to return; if it does
+        not, the run is left unclosed (`close` would run concurrently with it) and this raises.
+        """
+        timeout = self.settings.call_timeout
+        stuck, self._stuck = self._stuck, None
+        if stuck is not None and stuck.running():
+            try:
+                stuck.wait(timeout)
+            except CallTimeoutError as error:
+                msg = f"not closed: the call to {stuck.what} has not returned ({error})"
+                raise CallTimeoutError(msg) from None
+            except Exception:  # noqa: BLE001, S110 - its failure was reported already
+                pass
+        if timeout <= 0:
+            self.backend.close(status)
+            return
+        self._submit("close the run", functools.partial(self.backend.close, status)).wait(timeout)
+
+    def _submit(self, what: str, call: Callable[[], T]) -> _Call[T]:
+        if self._caller is None:
+            self._caller = _Caller(f"{self.name}-calls")
+        return self._caller.submit(what, call)
