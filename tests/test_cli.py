@@ -18,6 +18,7 @@ import pytest
 
 from tf_ship.cli import EXAMPLE_DIR
 from tf_ship.shipper.parse import LineParser
+from tf_ship.shipper.state import STATE_NAME
 
 TRACKER_SDKS = ("wandb", "mlflow", "tensorboardX", "tensorboard", "torch")
 TF_SHIP = [sys.executable, "-m", "tf_ship"]
@@ -312,7 +313,10 @@ SLOW_BACKEND = textwrap.dedent(
 
 
 def test_second_sigint_exits_at_once(tmp_path: Path) -> None:
-    """The first SIGINT starts a clean stop; a second one exits at once (130), even mid-close."""
+    """A second SIGINT exits at once (130), even mid-close, and leaves the state file intact.
+
+    The first SIGINT starts a clean stop; the backend then hangs in close().
+    """
     (tmp_path / "slowmod.py").write_text(SLOW_BACKEND)
     logdir = tmp_path / "run"
     logdir.mkdir()
@@ -340,6 +344,8 @@ def test_second_sigint_exits_at_once(tmp_path: Path) -> None:
         shipper.send_signal(signal.SIGINT)
         assert shipper.wait(10) == 128 + signal.SIGINT
         assert time.monotonic() - second < 10
+        state = json.loads((logdir / STATE_NAME).read_text(encoding="utf-8"))
+        assert "slowmod:SlowBackend" in state["backends"]
     finally:
         if shipper.poll() is None:
             shipper.kill()

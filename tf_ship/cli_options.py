@@ -208,11 +208,10 @@ def shipping_options() -> list[Decorator]:
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
-            default=1000,
             metavar="N",
-            show_default=True,
             envvar=_env("batch_size"),
-            help="Most events handed to a backend at once.",
+            help="Most events handed to a backend at once, and flushed together [default: "
+            "what the backend prefers (wandb 10000), else 1000].",
         ),
         click.option(
             "--max-line-bytes",

@@ -43,7 +43,8 @@ class ShipOptions:
     timeout: float = 0.0
     """Stop after this many seconds without new bytes in the log; 0 never does."""
     poll_interval: float = 0.5
-    batch_size: int = 1000
+    batch_size: int | None = None
+    """Most events per batch; None: the backend's `preferred_batch_size`, else 1000."""
     max_line_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0
     """Seconds a stop waits in total for the backends to finish their batch, flush and close."""

@@ -44,6 +44,8 @@ from tf_ship.shipper.tail import Chunk, Cursor, Tailer
 
 logger = logging.getLogger("tf_ship")
 T = TypeVar("T")
+DEFAULT_BATCH_SIZE = 1000
+"""Events per batch unless the user or the backend (`preferred_batch_size`) says otherwise."""
 FORCED_SCAN_INTERVAL = 0.5
 """Seconds between two rescans for a model without a config (TorchFort writes none for some)."""
 
@@ -153,7 +155,7 @@ class WorkerSettings:
     """The engine options a worker needs."""
 
     follow: bool = True
-    batch_size: int = 1000
+    batch_size: int | None = None
     min_poll_interval: float = 0.05
     poll_interval: float = 0.5
     max_line_bytes: int = 1 << 20
@@ -195,6 +197,10 @@ class BackendWorker(threading.Thread):
         self.monitor = monitor
         self.control = control
         self.settings = settings
+        preferred = getattr(backend, "preferred_batch_size", None)
+        self.batch_size = settings.batch_size or (
+            preferred if isinstance(preferred, int) and preferred > 0 else DEFAULT_BATCH_SIZE
+        )
         self.stats = BackendStats(name)
         self.tailer = Tailer(
             Path(run.log_file),
@@ -384,7 +390,7 @@ class BackendWorker(threading.Thread):
             events_to_send = shaper.events(events)
             models = {e.model for e in events if shaper.name(e.model, e.metric)}
             self._send_configs(models, changed=changed)
-        size = self.settings.batch_size
+        size = self.batch_size
         observed = 0
         for start in range(0, len(events_to_send), size):
             batch = events_to_send[start : start + size]
