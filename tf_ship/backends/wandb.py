@@ -88,7 +88,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +173,12 @@ def _metric_items(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not (k.startswith("_") and "/" not in k)}
 
 
-def events_in_row(row: Mapping[str, Any]) -> int:
-    """How many log events a history row written by this backend holds (all but the x-axis)."""
-    return max(0, len(_metric_items(row)) - 1)
+def events_in_row(row: Iterable[str]) -> int:
+    """How many log events a history row (or its keys) written by this backend holds.
+
+    All keys but wandb's own and the x-axis.
+    """
+    return max(0, sum(1 for key in row if not (key.startswith("_") and "/" not in key)) - 1)
 
 
 def _session_order(folder: str, run_id: str) -> tuple[str, int] | None:
@@ -547,7 +550,7 @@ class WandbBackend:
         deadline = time.monotonic() + DURABLE_TIMEOUT
         interval = 0.005
         while True:
-            self._in_log += sum(events_in_row(row) for row in tail.new_history_rows())
+            self._in_log += sum(events_in_row(keys) for keys in tail.new_history_keys())
             if self._in_log >= self._sent:
                 return
             if time.monotonic() >= deadline:

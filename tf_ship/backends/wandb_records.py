@@ -345,16 +345,26 @@ class TransactionLogTail:
                 payloads.append(b"".join(self._pieces))
                 self._pieces = None
 
-    def new_history_rows(self) -> list[dict[str, Any]]:
-        """The history rows among the records completed since the last call."""
+    def _new_histories(self) -> list[Any]:
         protos: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
-        rows = []
+        histories = []
         for payload in self.new_payloads():
             record = protos.Record()
             record.ParseFromString(payload)
             if record.WhichOneof("record_type") == "history":
-                rows.append({item_key(item): item_value(item) for item in record.history.item})
-        return rows
+                histories.append(record.history)
+        return histories
+
+    def new_history_rows(self) -> list[dict[str, Any]]:
+        """The history rows among the records completed since the last call."""
+        return [
+            {item_key(item): item_value(item) for item in history.item}
+            for history in self._new_histories()
+        ]
+
+    def new_history_keys(self) -> list[list[str]]:
+        """The keys of those rows only: no value is decoded (cheap enough for every flush)."""
+        return [[item_key(item) for item in history.item] for history in self._new_histories()]
 
 
 def _path_of(item: Any) -> list[str]:  # noqa: ANN401 - a protobuf item
