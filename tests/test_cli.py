@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 import pytest
+from support import TF_SHIP, clean_env, wait_for
 
 from tf_ship.cli import EXAMPLE_DIR
 from tf_ship.shipper.parse import LineParser
 from tf_ship.shipper.state import STATE_NAME
 
 TRACKER_SDKS = ("wandb", "mlflow", "tensorboardX", "tensorboard", "torch")
-TF_SHIP = [sys.executable, "-m", "tf_ship"]
 
 WRITER = textwrap.dedent(
     """
@@ -47,13 +45,6 @@ WRITER = textwrap.dedent(
 )
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without TORCHFORT_LOGDIR, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k != "TORCHFORT_LOGDIR"}
-    env.update(extra)
-    return env
-
-
 def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -66,15 +57,6 @@ def run(
         timeout=timeout,
         check=False,
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 def metric_records(path: Path) -> list[dict[str, object]]:

@@ -15,14 +15,13 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import TF_SHIP, clean_env, wait_for
 
 from tf_ship.commands.run import describe_exit, exit_code, pid_alive, wait_for_pid
 
-TF_SHIP = [sys.executable, "-m", "tf_ship"]
 METRIC = "l2 error (rel.)"
 
 APP = textwrap.dedent(
@@ -77,14 +76,6 @@ def app(tmp_path: Path) -> list[str]:
     return [sys.executable, str(path)]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without a log folder set, plus `extra`."""
-    unset = {"TORCHFORT_LOGDIR", "TF_SHIP_LOGDIR", "MLFLOW_TRACKING_URI"}
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    env.update(extra)
-    return env
-
-
 def tf_ship_run(
     args: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -98,15 +89,6 @@ def tf_ship_run(
         timeout=180,
         check=False,
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 def records(path: Path) -> list[dict[str, object]]:

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import TF_SHIP, clean_env, wait_for
 
 from tf_ship.commands.watch import find_log_dirs, folder_name
-
-TF_SHIP = [sys.executable, "-m", "tf_ship"]
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without TORCHFORT_LOGDIR or TF_SHIP_* settings."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k != "TORCHFORT_LOGDIR" and not k.startswith("TF_SHIP_")
-    }
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout} s")
-        time.sleep(0.05)
 
 
 def write_log(logdir: Path, seed: int, steps: range) -> list[tuple[str, str, int, float]]:

@@ -1,0 +1,33 @@
+"""Helpers shared by the tests that run the real `tf-ship` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+TF_SHIP = [sys.executable, "-m", "tf_ship"]
+"""The command, run by the interpreter of the tests (works in any environment)."""
+
+_UNSET = {"TORCHFORT_LOGDIR", "MLFLOW_TRACKING_URI"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without a log folder, a tracking URI or TF_SHIP_* settings, plus `extra`."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in _UNSET and not k.startswith("TF_SHIP_")
+    }
+    env.update(extra)
+    return env
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll `condition` until it holds, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not met within {timeout} s")
+        time.sleep(0.02)  # polling with a deadline, not a synchronisation sleep
