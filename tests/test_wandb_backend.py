@@ -24,7 +24,7 @@ from wandb_helpers import (
 
 import tf_ship
 from tf_ship.backends.base import FatalBackendError
-from tf_ship.backends.wandb import WandbBackend
+from tf_ship.backends.wandb import WandbBackend, events_in_row, metric_key, rows
 from tf_ship.backends.wandb_records import (
     BLOCK_SIZE,
     TransactionLogError,
@@ -73,10 +73,12 @@ def logdir(tmp_path: Path) -> Path:
 
 
 def test_each_event_arrives_once_in_its_row(runs: Path, logdir: Path) -> None:
-    """Rows are per (model, step) of consecutive lines, each with its own x-axis value.
+    """Rows hold one (model, step) of consecutive lines per model, each with its own x-axis value.
 
-    Steps that go backwards or repeat are kept; a metric repeated within one (model, step)
-    starts a new row instead of overwriting the first value; wandb's ``_step`` counts every row.
+    Groups of different models that follow each other share a row; a model already in the row
+    starts the next. Steps that go backwards or repeat are kept; a metric repeated within one
+    (model, step) starts a new row instead of overwriting the first value; wandb's ``_step``
+    counts every row.
     """
     write_log(
         logdir,
@@ -94,20 +96,66 @@ def test_each_event_arrives_once_in_its_row(runs: Path, logdir: Path) -> None:
     )
     _, path = ship_to_wandb(logdir, runs)
     assert metric_rows(path) == [
-        {"mymodel/train_loss": 0.0243117, "mymodel/train_lr": 0.000999998, "mymodel/step": 100},
-        {"critic_0/train_loss": 2.71828, "critic_0/step": 500},
+        {
+            "mymodel/train_loss": 0.0243117,
+            "mymodel/train_lr": 0.000999998,
+            "mymodel/step": 100,
+            "critic_0/train_loss": 2.71828,
+            "critic_0/step": 500,
+        },
         {"mymodel/train_loss": 0.0121, "mymodel/step": 200},
-        {"mymodel/train_loss": 0.5, "mymodel/step": 100},
-        {"critic_0/train_loss": 3, "critic_0/step": 40},
-        {"critic_0/train_loss": 4, "critic_0/train_lr": 0.0003, "critic_0/step": 40},
-        {"mymodel/train_loss": 0.0121, "mymodel/step": 200},
+        {
+            "mymodel/train_loss": 0.5,
+            "mymodel/step": 100,
+            "critic_0/train_loss": 3,
+            "critic_0/step": 40,
+        },
+        {
+            "critic_0/train_loss": 4,
+            "critic_0/train_lr": 0.0003,
+            "critic_0/step": 40,
+            "mymodel/train_loss": 0.0121,
+            "mymodel/step": 200,
+        },
     ]
-    assert [row["_step"] for row in history_rows(path)] == list(range(7))
+    assert [row["_step"] for row in history_rows(path)] == list(range(4))
     definitions = metric_definitions(path)
     for model in ("mymodel", "critic_0"):
         assert definitions[f"{model}/step"] == ""
         assert definitions[f"{model}/*"] == f"{model}/step"
     assert exit_code_of(path) == 0
+
+
+def test_rows_pack_models_in_log_order() -> None:
+    """Each row holds one (model, step) of each model; order and every value are kept."""
+
+    def event(model: str, step: int, metric: str, value: float) -> MetricEvent:
+        return MetricEvent(model, metric, step, value)
+
+    batch = [
+        event("a", 1, "loss", 1.0),
+        event("a", 1, "lr", 2.0),
+        event("b", 1, "loss", 3.0),
+        event("a", 2, "loss", 4.0),  # a is in the row: next row
+        event("a/b", 7, "x", 5.0),  # could be taken for a's key b/x: next row
+        event("b", 2, "x/step", 6.0),  # never an x-axis key
+        event("b", 2, "x/step", 7.0),  # a repeat within (b, 2): next row
+    ]
+    packed = list(rows(batch))
+    assert [row.values for row in packed] == [
+        {"a/loss": 1.0, "a/lr": 2.0, "a/step": 1, "b/loss": 3.0, "b/step": 1},
+        {"a/loss": 4.0, "a/step": 2},
+        {"a/b/x": 5.0, "a/b/step": 7, "b/x/step (metric)": 6.0, "b/step": 2},
+        {"b/x/step (metric)": 7.0, "b/step": 2},
+    ]
+    assert [event for row in packed for event in row.events] == batch
+    assert [events_in_row(row.values) for row in packed] == [3, 1, 2, 1]
+    assert [row.keys_by_model for row in packed][2] == {
+        "a/b": ["a/b/x"],
+        "b": ["b/x/step (metric)"],
+    }
+    assert metric_key("m", "step (metric)") == "m/step (metric) (metric)"
+    assert metric_key("m", "steps") == "m/steps"
 
 
 def test_special_values_and_steps_arrive_exactly(runs: Path, logdir: Path) -> None:
@@ -194,22 +242,33 @@ def test_awkward_names_arrive_as_logged(runs: Path, logdir: Path) -> None:
     )
     _, path = ship_to_wandb(logdir, runs)
     assert metric_rows(path) == [
-        {"td3 system/episode reward": 12, "td3 system/step": 37},
         {
+            "td3 system/episode reward": 12,
+            "td3 system/step": 37,
             "mymodel/l2 error (rel.)": 1234570.0,
             "mymodel/ratio: a/b": 0.5,
             "mymodel/a, step: 3, b": 7,
             "mymodel/step (metric)": 3,
             "mymodel/step (metric) (metric)": 4,
             "mymodel/step": 1000,
+            "modèle/café": 1,
+            "modèle/step": 5,
+            "température/énergie": 2,
+            "température/step": 6,
+            "v1.2/loss": 3,
+            "v1.2/step": 7,
+            "a/x": 4,
+            "a/step": 8,
         },
-        {"modèle/café": 1, "modèle/step": 5},
-        {"température/énergie": 2, "température/step": 6},
-        {"v1.2/loss": 3, "v1.2/step": 7},
-        {"a/x": 4, "a/step": 8},
-        {"a/b/x": 5, "a/b/step": 9},
-        {"_private/y": 6, "_private/step": 10},
-        {"net*/z*": 7, "net*/step": 11},
+        # a/b's keys could be taken for a's (a/b/x is "x" of a/b, or "b/x" of a): a new row
+        {
+            "a/b/x": 5,
+            "a/b/step": 9,
+            "_private/y": 6,
+            "_private/step": 10,
+            "net*/z*": 7,
+            "net*/step": 11,
+        },
     ]
     definitions = metric_definitions(path)
     for model in ("td3 system", "mymodel", "modèle", "température", "v1.2", "a", "a/b"):
@@ -249,7 +308,7 @@ def test_configs_reach_the_run_config(runs: Path, logdir: Path) -> None:
     assert config["my model 2"] == {"general": {"enable_wandb_hook": 1}, "layers": big}
     assert "no config" not in config
     assert max(map(len, iter_payloads(path.read_bytes()))) > BLOCK_SIZE  # spans blocks
-    assert len(metric_rows(path)) == 3
+    assert len(metric_rows(path)) == 1  # three models, one shared row
 
 
 def test_resume_state_reopens_the_same_run(runs: Path, logdir: Path, tmp_path: Path) -> None:

@@ -1,10 +1,15 @@
 """A backend that logs to Weights & Biases: one wandb run, one x-axis per model.
 
 Each model gets its own x-axis, the TorchFort step: the first time a model appears the backend
-defines ``<model>/step`` and ``<model>/*`` with ``step_metric="<model>/step"``, then logs one
-row per (model, step) of consecutive lines::
+defines ``<model>/step`` and ``<model>/*`` with ``step_metric="<model>/step"``, then logs the
+lines of one (model, step) together, under that model's step; wandb's cost is per ``run.log``
+call, so the (model, step) groups of different models that follow each other share a row::
 
-    run.log({"<model>/<metric>": value, ..., "<model>/step": step})
+    run.log({"<model>/<metric>": value, ..., "<model>/step": step,
+             "<other model>/<metric>": value, ..., "<other model>/step": other_step})
+
+A row holds at most one group of each model, and never two models whose keys could be taken
+for each other's (``a`` and ``a/b``); log order is kept.
 
 ``step=`` is never passed, so wandb's own ``_step`` just counts rows and nothing is dropped when
 TorchFort steps go backwards, repeat or differ between models. A model's config goes to
@@ -28,10 +33,10 @@ What wandb 0.31 does with the values (checked in its transaction log, see `wandb
   and ``a/b``) or starts with ``_``, that key is also defined by name, which takes precedence.
   Names with ``*`` cannot be defined (wandb allows ``*`` only as a final glob): such a model's
   rows still carry ``<model>/step`` but get no x-axis definition.
-- a metric literally named ``step`` would collide with the x-axis key: it is logged as
-  ``<model>/step (metric)`` (and ``step (metric)`` as ``step (metric) (metric)``, and so on, so
-  that no two names collide). A metric that repeats within one (model, step) starts a new row,
-  so that no value overwrites another.
+- a metric literally named ``step`` (or ``<something>/step``) would collide with an x-axis key:
+  it is logged as ``<model>/step (metric)`` (and ``step (metric)`` as ``step (metric)
+  (metric)``, and so on, so that no two names collide). A metric that repeats within one
+  (model, step) starts a new row, so that no value overwrites another.
 
 Flushing: wandb 0.31 has no flush. ``run.log`` hands the row to wandb-core (a separate process)
 without waiting; `flush` waits for a round trip through wandb-core's record handler (it reads
@@ -92,6 +97,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from tf_ship.backends.base import FatalBackendError, group_by_model_step
 from tf_ship.backends.wandb_records import TransactionLogTail, history_rows
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
@@ -100,7 +107,7 @@ logger = logging.getLogger("tf_ship")
 
 INSTALL_HINT = "the wandb backend needs the wandb package: install tf-ship[wandb]"
 STEP = "step"
-_STEP_LIKE = re.compile(r"step(?: \(metric\))*")
+_STEP_LIKE = re.compile(r"(?:.*/)?step(?: \(metric\))*", re.DOTALL)
 LOG_FLUSH_INTERVAL = 0.05
 """Seconds between two writes of wandb-core's partial block to the transaction log."""
 DURABLE_TIMEOUT = 30.0
@@ -117,32 +124,65 @@ def step_key(model: str) -> str:
 def metric_key(model: str, metric: str) -> str:
     """The key a metric is logged under: ``<model>/<metric>``, never the x-axis key.
 
-    ``step`` becomes ``step (metric)``; a name that already looks like that gets one more
-    `` (metric)``, so that different metrics never share a key.
+    A key ending in ``/step`` is always an x-axis (rows hold the x-axes of several models, and
+    readers count a row's events by that): ``step`` becomes ``step (metric)``, ``a/step``
+    ``a/step (metric)``, and a name that already looks like that gets one more `` (metric)``,
+    so that different metrics never share a key.
     """
     if _STEP_LIKE.fullmatch(metric):
         metric += " (metric)"
     return f"{model}/{metric}"
 
 
-def rows(batch: Sequence[MetricEvent]) -> Iterator[tuple[str, dict[str, Any], list[MetricEvent]]]:
-    """Yield (model, row, events) with one row per (model, step) of consecutive events.
+def _related(model: str, other: str) -> bool:
+    """True when one model's keys could be taken for the other's (``a`` and ``a/b``)."""
+    return model == other or model.startswith(f"{other}/") or other.startswith(f"{model}/")
 
-    A metric that comes again within one (model, step) starts a new row.
+
+@attrs.define
+class Row:
+    """One ``run.log`` call: the values of one (model, step) of each model it holds."""
+
+    values: dict[str, Any] = attrs.field(factory=dict)
+    keys_by_model: dict[str, list[str]] = attrs.field(factory=dict)
+    """The metric keys of each model, in log order (for the x-axis definitions)."""
+    events: list[MetricEvent] = attrs.field(factory=list)
+
+    def takes(self, model: str) -> bool:
+        """True when `model` can join: not there yet, and no model whose keys could mix in."""
+        return not any(_related(model, other) for other in self.keys_by_model)
+
+
+def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
+    """Pack consecutive (model, step) groups into rows, at most one group of each model per row.
+
+    wandb's cost is per ``run.log`` call, so the groups of different models that follow each
+    other share a row (each under its own ``<model>/step``), which halves the calls for two
+    models. Log order is kept: a model that is already in the row (or a model whose keys could
+    be taken for its keys) starts the next row, and so does a metric that repeats within one
+    (model, step), so that no value overwrites another.
     """
+    row = Row()
     for model, step, events in group_by_model_step(batch):
-        row: dict[str, Any] = {}
-        taken: list[MetricEvent] = []
+        x_axis = step_key(model)
+        keys: list[str] = []
         for event in events:
             key = metric_key(model, event.metric)
-            if key in row:
-                row[step_key(model)] = step
-                yield model, row, taken
-                row, taken = {}, []
-            row[key] = event.value
-            taken.append(event)
-        row[step_key(model)] = step
-        yield model, row, taken
+            if keys and key in row.values:  # a repeat within this (model, step)
+                row.values[x_axis] = step
+                yield row
+                row, keys = Row(), []
+            if not keys:
+                if not row.takes(model):
+                    yield row
+                    row = Row()
+                row.keys_by_model[model] = keys
+            row.values[key] = event.value
+            keys.append(key)
+            row.events.append(event)
+        row.values[x_axis] = step
+    if row.events:
+        yield row
 
 
 def plain(value: Any) -> Any:  # noqa: ANN401 - any YAML value
@@ -176,9 +216,13 @@ def _metric_items(row: Mapping[str, Any]) -> dict[str, Any]:
 def events_in_row(row: Iterable[str]) -> int:
     """How many log events a history row (or its keys) written by this backend holds.
 
-    All keys but wandb's own and the x-axis.
+    All keys but wandb's own and the x-axes (the keys ending in ``/step``, see `metric_key`).
     """
-    return max(0, sum(1 for key in row if not (key.startswith("_") and "/" not in key)) - 1)
+    return sum(
+        1
+        for key in row
+        if not (key.startswith("_") and "/" not in key) and not key.endswith("/step")
+    )
 
 
 def _session_order(folder: str, run_id: str) -> tuple[str, int] | None:
@@ -466,12 +510,13 @@ class WandbBackend:
         handed_over = self._handed_over
         if handed_over:
             batch = [e for e in batch if e.offset < 0 or (e.file, e.offset) not in handed_over]
-        for model, row, events in rows(batch):
-            self._define(run, model, row)
-            run.log(row)
+        for row in rows(batch):
+            for model, keys in row.keys_by_model.items():
+                self._define(run, model, keys)
+            run.log(row.values)
             self._rows += 1
-            self._sent += len(events)
-            handed_over.update((e.file, e.offset) for e in events if e.offset >= 0)
+            self._sent += len(row.events)
+            handed_over.update((e.file, e.offset) for e in row.events if e.offset >= 0)
 
     def _skip_persisted(self, batch: Sequence[MetricEvent]) -> Sequence[MetricEvent]:
         """Leave out the events an earlier session persisted after its last saved cursor."""
@@ -504,12 +549,12 @@ class WandbBackend:
             return False
         if not _same_value(row.pop(key), event.value):
             return False
-        if len(row) <= 1:
+        if not events_in_row(row):
             self._expected.popleft()
         return True
 
-    def _define(self, run: Any, model: str, row: Mapping[str, Any]) -> None:  # noqa: ANN401
-        """Give a new model its x-axis, and new keys that a glob would miss their own."""
+    def _define(self, run: Any, model: str, keys: Iterable[str]) -> None:  # noqa: ANN401
+        """Give a new model its x-axis, and new keys of it that a glob would miss their own."""
         x_axis = step_key(model)
         if "*" in model:
             return  # wandb refuses "*" in metric names; the rows still carry the step
@@ -517,8 +562,8 @@ class WandbBackend:
             self._models.add(model)
             run.define_metric(x_axis)
             run.define_metric(f"{model}/*", step_metric=x_axis, step_sync=False)
-        for key in row:
-            if key in self._keys or key == x_axis:
+        for key in keys:
+            if key in self._keys:
                 continue
             self._keys.add(key)
             if "*" not in key and self._glob_may_miss(model, key):
