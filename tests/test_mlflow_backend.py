@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 import tf_ship
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
 from tf_ship.backends.mlflow import (
+    CALLS_IN_FLIGHT,
     KEY_MAP_TAG,
     MAX_METRICS_PER_CALL,
     MlflowBackend,
@@ -287,6 +289,75 @@ def test_refused_key_is_isolated(tracking_uri: str, tmp_path: Path) -> None:
     assert history(client, str(backend.run_id), "m/good") == Counter(
         {(step, float(step)): 1 for step in range(20)}
     )
+
+
+class ChunkFailures(MlflowBackend):
+    """The real backend; the `log_batch` call of chunk N fails with `failures[N]`, if any."""
+
+    def __init__(self, tracking_uri: str, failures: dict[int, Exception]) -> None:
+        super().__init__(tracking_uri, EXPERIMENT)
+        self.failures = failures
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._lock = threading.Lock()
+
+    def _logged(self, what: str, **entities: Any) -> None:
+        metrics = entities.get("metrics") or []
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            failure = (
+                self.failures.get(metrics[0].step // MAX_METRICS_PER_CALL) if metrics else None
+            )
+            if failure is not None:
+                raise failure
+            super()._logged(what, **entities)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+@pytest.mark.parametrize(
+    ("failures", "raised"),
+    [
+        ({}, None),
+        ({1: PermanentBackendError("refused")}, PermanentBackendError),
+        ({0: PermanentBackendError("refused"), 2: ConnectionError("down")}, ConnectionError),
+        (
+            {
+                0: PermanentBackendError("refused"),
+                1: ConnectionError("down"),
+                2: FatalBackendError("gone"),
+            },
+            FatalBackendError,
+        ),
+    ],
+)
+def test_calls_in_flight_all_go_out_and_the_gravest_error_is_raised(
+    mlflow_server: str,
+    tmp_path: Path,
+    failures: dict[int, Exception],
+    raised: type[Exception] | None,
+) -> None:
+    """Against a server, a batch of 4 chunks goes out 2 calls at a time; every chunk is tried.
+
+    A fatal refusal is raised before a transient error, which is raised before a refused event.
+    """
+    backend = ChunkFailures(mlflow_server, failures)
+    backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+    events = [MetricEvent("m", "x", step, float(step), offset=step) for step in range(4000)]
+    if raised is None:
+        backend.log_metrics(events)
+    else:
+        with pytest.raises(raised):
+            backend.log_metrics(events)
+    backend.close(RunStatus.FINISHED)
+    rows = MlflowClient(mlflow_server).get_metric_history(str(backend.run_id), "m/x")
+    assert sorted(row.step for row in rows) == [
+        step for step in range(4000) if step // MAX_METRICS_PER_CALL not in failures
+    ]
+    assert 1 <= backend.most_in_flight <= CALLS_IN_FLIGHT
 
 
 def test_refusal_raises_permanent_error(sqlite_uri: str, tmp_path: Path) -> None:

@@ -42,6 +42,13 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   revision logs nothing new.
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
   forgets the timestamps of delivered events and the ranges they complete.
+- Throughput: the engine hands over up to 10,000 events at a time (`preferred_batch_size`),
+  sent as `log_batch` calls of 1000. With an HTTP tracking server two calls are in flight at
+  once, so that the client builds the next request (MLflow's JSON encoding is most of the
+  client's work) while the server stores the previous one; ``log_metrics`` returns when every
+  call has succeeded and raises otherwise (the engine then sends the whole batch again, and the
+  store merges what had arrived, see the timestamps above). Other tracking URIs (a local SQL
+  or file store) get one call at a time.
 - After the application's N-th restart (``--on-restart new-run``) the backend is opened again
   and creates a new run in the same experiment: a child of the first run (tag
   ``mlflow.parentRunId``, so the MLflow UI nests it under the first run), named
@@ -50,6 +57,7 @@ What MLflow does with TorchFort's values, and what this backend does about it:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -67,6 +75,8 @@ logger = logging.getLogger("tf_ship")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "torchfort"
 MAX_METRICS_PER_CALL = 1000
+CALLS_IN_FLIGHT = 2
+"""`log_batch` calls sent to an HTTP tracking server at once (measured in benchmarks/run.py)."""
 MAX_PARAMS_PER_CALL = 100
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -241,6 +251,10 @@ class MlflowBackend:
         self._params: dict[str, str] = {}
         self._reported: set[str] = set()
         self._closed = False
+        self._senders: concurrent.futures.ThreadPoolExecutor | None = None
+
+    preferred_batch_size = 10_000
+    """Events per `log_metrics`: ten `log_batch` calls, two of them in flight at a time."""
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -263,6 +277,10 @@ class MlflowBackend:
                 raise FatalBackendError(msg) from error
             raise
         logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
+        if self.tracking_uri.startswith(("http://", "https://")) and self._senders is None:
+            self._senders = concurrent.futures.ThreadPoolExecutor(
+                CALLS_IN_FLIGHT, thread_name_prefix="tf-ship-mlflow"
+            )
 
     def _reset(self) -> None:
         """Forget the closed run, to open another."""
@@ -469,10 +487,36 @@ class MlflowBackend:
             for event, event_id in zip(batch, ids, strict=True)
         ]
         self._save_key_map()
-        for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
-            chunk = metrics[start : start + MAX_METRICS_PER_CALL]
-            self._logged(f"{len(chunk)} metrics", metrics=chunk)
+        chunks = [
+            metrics[start : start + MAX_METRICS_PER_CALL]
+            for start in range(0, len(metrics), MAX_METRICS_PER_CALL)
+        ]
+        if self._senders is None or len(chunks) == 1:
+            for chunk in chunks:
+                self._logged(f"{len(chunk)} metrics", metrics=chunk)
+        else:
+            self._log_in_parallel(self._senders, chunks)
         self._delivered.extend(ids)
+
+    def _log_in_parallel(
+        self, senders: concurrent.futures.ThreadPoolExecutor, chunks: Sequence[list[Any]]
+    ) -> None:
+        """Send every chunk, CALLS_IN_FLIGHT at a time; raise the gravest error, if any.
+
+        A fatal refusal wins over a transient error (the engine retries the batch), which wins
+        over a refused event (the engine splits the batch to find it).
+        """
+        calls = [
+            senders.submit(self._logged, f"{len(chunk)} metrics", metrics=chunk) for chunk in chunks
+        ]
+        errors = [error for call in calls if (error := call.exception()) is not None]
+        if not errors:
+            return
+        for kind in (FatalBackendError, Exception):
+            for error in errors:
+                if isinstance(error, kind) and not isinstance(error, PermanentBackendError):
+                    raise error
+        raise errors[0]
 
     def metric_key(self, event: MetricEvent) -> str:
         """The MLflow key of an event: ``<model>/<metric>``, made valid and unique."""
@@ -580,6 +624,9 @@ class MlflowBackend:
             return
         self._closed = True
         client, self._client = self._client, None
+        senders, self._senders = self._senders, None
+        if senders is not None:
+            senders.shutdown(wait=False, cancel_futures=True)  # idle unless a call hangs
         if client is None or self.run_id is None:
             return
         client.set_terminated(self.run_id, status=status.value)
