@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tf_ship.shipper.events import FileIdentity, MetricEvent, SkipReason
-from tf_ship.shipper.parse import INT64_MAX, INT64_MIN, LineParser, ParsedChunk, classify
+from tf_ship.shipper.parse import (
+    CLEAN_LINE,
+    INT64_MAX,
+    INT64_MIN,
+    LineParser,
+    ParsedChunk,
+    classify,
+)
 
 PREFIX = b"TORCHFORT::WANDB: "
 Fields = tuple[str, int, str, float]
@@ -402,3 +411,341 @@ def test_property_garbage_never_disturbs_valid_lines(
     assert_same(parsed.events, expected)
     assert [s.line_number for s in parsed.skipped] == bad_numbers
     assert parsed.lines == len(items)
+
+
+# -- the fast path gives what the general path gives ----------------------------------------------
+
+
+def fast(chunk: bytes, parser: LineParser | None = None) -> list[MetricEvent] | None:
+    """The fast path's events for a chunk (None: it leaves the chunk to the general path)."""
+    return (parser or LineParser())._parse_clean(chunk, 0, None, chunk.count(b"\n"))
+
+
+def exact(events: list[MetricEvent]) -> list[tuple[object, ...]]:
+    """Events as comparable tuples: values by bit pattern (NaN equals itself, -0.0 is not 0.0)."""
+    return [
+        (e.model, e.metric, e.step, struct.pack("<d", e.value), e.file, e.offset) for e in events
+    ]
+
+
+def float_accepts(text: bytes) -> bool:
+    """Whether float() reads the text."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def line(
+    value: bytes = b"1", *, model: bytes = b"m", step: bytes = b"1", metric: bytes = b"a"
+) -> bytes:
+    """A metric line with these fields, newline included."""
+    return PREFIX + b"model: " + model + b", step: " + step + b", " + metric + b": " + value + b"\n"
+
+
+VALUE_CHARACTERS = bytes(c for c in range(256) if CLEAN_LINE.match(b"\n" + line(bytes([c]))))
+
+
+def test_fast_path_values_are_made_of_number_characters() -> None:
+    r"""The fast path's value is digits, '.', signs, 'e' and the letters of nan and inf, any case.
+
+    Without '_', whitespace, 't' and 'y', float() cannot read "1_0", " 1", "1\r\r" or
+    "infinity", which the grammar refuses.
+    """
+    assert sorted(VALUE_CHARACTERS) == sorted(b"0123456789.+-eEnNaAiIfF")
+
+
+def test_float_accepts_exactly_the_grammar_values_over_those_characters() -> None:
+    """Every text of up to 4 of those characters: float() reads it iff <VALUE> matches it.
+
+    Digits behave alike in both, so two of them stand for all ten.
+    """
+    alphabet = b"07.+-eEnNaAiIfF"
+    assert set(alphabet) <= set(VALUE_CHARACTERS)
+    for length in range(1, 5):
+        for chars in itertools.product(alphabet, repeat=length):
+            text = bytes(chars)
+            assert float_accepts(text) == (_VALUE.fullmatch(text) is not None), text
+
+
+@given(
+    st.one_of(
+        st.lists(st.sampled_from(list(VALUE_CHARACTERS)), min_size=1, max_size=16).map(bytes),
+        st.from_regex(_VALUE, fullmatch=True),
+    )
+)
+def test_property_float_accepts_exactly_the_grammar_values(text: bytes) -> None:
+    """Longer texts of the fast path's value characters: float() and <VALUE> agree."""
+    assert float_accepts(text) == (_VALUE.fullmatch(text) is not None)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (b"nan", math.nan),
+        (b"-nan", -math.nan),
+        (b"NaN", math.nan),
+        (b"+NAN", math.nan),
+        (b"inf", math.inf),
+        (b"-InF", -math.inf),
+        (b"1e999", math.inf),
+        (b"-1e999", -math.inf),
+        (b".5", 0.5),
+        (b"5.", 5.0),
+        (b"1.e5", 1e5),
+        (b"-.5E-3", -0.0005),
+        (b"+1", 1.0),
+        (b"-0", -0.0),
+        (b"00.10", 0.1),
+        (b"4.94066e-324", 5e-324),
+    ],
+)
+def test_fast_path_reads_edge_values(text: bytes, value: float) -> None:
+    """Odd but valid values take the fast path and give the general path's exact float."""
+    chunk = line(b"0") + line(text)
+    events = fast(chunk)
+    assert events is not None
+    assert exact(events) == exact(LineParser()._parse_any(chunk, 0, 0, None, 2).events)
+    assert same_value(events[1].value, value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"1..2", b"e5", b"nana", b"1e", b"+", b"-", b".", b"5e+", b"nan1", b"--1", b"in", b".e1"],
+)
+def test_fast_path_gives_up_on_values_float_refuses(text: bytes) -> None:
+    """A value of number characters that is no number: the chunk goes to the general path."""
+    chunk = line(b"1") + line(text)
+    assert CLEAN_LINE.findall(b"\n" + chunk)[1][3] == text
+    assert fast(chunk) is None
+    parsed = parse(chunk)
+    assert [fields(e) for e in parsed.events] == [("m", 1, "a", 1.0)]
+    assert [(s.reason, s.line_number) for s in parsed.skipped] == [(SkipReason.BAD_VALUE, 2)]
+
+
+@pytest.mark.parametrize(
+    "text", [b"1_0", b" 1.0", b"1.0 ", b"infinity", b"-Infinity", b"\x0b1", b"1\r\r"]
+)
+def test_values_float_reads_but_the_grammar_refuses_are_skipped(text: bytes) -> None:
+    """float() reads these, the grammar does not: never on the fast path, always skipped."""
+    assert float_accepts(text)
+    chunk = line(b"1") + line(text)
+    assert CLEAN_LINE.findall(b"\n" + chunk)[1:] == []
+    parsed = parse(chunk)
+    assert [fields(e) for e in parsed.events] == [("m", 1, "a", 1.0)]
+    assert [(s.reason, s.line_number) for s in parsed.skipped] == [(SkipReason.BAD_VALUE, 2)]
+
+
+@pytest.mark.parametrize(
+    ("step", "events"),
+    [
+        (b"%d" % INT64_MAX, 3),
+        (b"%d" % INT64_MIN, 3),
+        (b"-0", 3),
+        (b"007", 3),
+        (b"%d" % (INT64_MAX + 1), 2),
+        (b"%d" % (INT64_MIN - 1), 2),
+        (b"1" + b"0" * 30, 2),
+        (b"1" * 5000, 2),  # more digits than Python converts: out of range, not a crash
+        (b"-" + b"0" * 5000 + b"7", 3),  # leading zeros: -7
+        (b"0" * 5000 + b"1" * 20, 2),
+        (b"+1", 2),
+        (b"1_0", 2),
+    ],
+)
+def test_fast_path_steps_match_the_general_path(step: bytes, events: int) -> None:
+    """int64 steps at and beyond the limits, signs, leading zeros: both paths agree.
+
+    A chunk with a line the fast path cannot ship is left to the general path whole.
+    """
+    chunk = line(model=b"a") + line(step=step) + line(model=b"b")
+    parsed = parse(chunk)
+    assert exact(parsed.events) == exact(LineParser()._parse_any(chunk, 0, 0, None, 3).events)
+    assert len(parsed.events) == events
+    assert (fast(chunk) is not None) == (events == 3 and len(step) < 4300)
+    reason = SkipReason.BAD_STEP if step.lstrip(b"-").isdigit() else SkipReason.NOT_A_METRIC_LINE
+    assert [s.reason for s in parsed.skipped] == [reason] * (3 - events)
+    if events == 2:
+        assert classify(line(step=step).rstrip(b"\n")) is reason
+
+
+@pytest.mark.parametrize(
+    ("model", "metric"),
+    [
+        (b"", b"a"),
+        (b"my model (v2)", b"l2 error (rel.)"),
+        (b"caf\xe9", b"\xb5s"),
+        (b"m\r", b" a, b "),
+        (b"a: b", b"a"),
+    ],
+)
+def test_fast_path_reads_names(model: bytes, metric: bytes) -> None:
+    """Empty, spaced, non-UTF-8 names, ':' in the model, ', ' in the metric: as read in general."""
+    chunk = line(b"2", model=model, metric=metric) + line()
+    events = fast(chunk)
+    assert events is not None
+    assert exact(events) == exact(LineParser()._parse_any(chunk, 0, 0, None, 2).events)
+
+
+@pytest.mark.parametrize(
+    ("model", "metric"),
+    [
+        (b"a, b", b"a"),
+        (b"m, step: 3", b"a"),
+        (b"m, step: x", b"a"),
+        (b"m", b"a: b"),
+        (b"m", b"a:b"),
+        (b"m", b"x, step: 8, y"),
+    ],
+)
+def test_fast_path_leaves_names_with_separators(model: bytes, metric: bytes) -> None:
+    """A ',' in the model or a ':' in the metric: the general path splits the names."""
+    chunk = line(b"2", model=model, metric=metric) + line()
+    assert fast(chunk) is None
+    parsed = parse(chunk)
+    assert len(parsed.events) == 2
+    assert exact(parsed.events) == exact(LineParser()._parse_any(chunk, 0, 0, None, 2).events)
+
+
+def test_fast_path_reads_crlf_lines_with_their_offsets() -> None:
+    r"""Lines ending in \r\n take the fast path; the \r is neither in the value nor lost."""
+    chunk = line(b"1\r") + line(b"2\r") + line(b"3")
+    events = fast(chunk)
+    assert events is not None
+    assert [(e.value, e.offset) for e in events] == [
+        (1.0, 0),
+        (2.0, len(line(b"1\r"))),
+        (3.0, 2 * len(line(b"1\r"))),
+    ]
+
+
+def test_fast_path_with_a_full_name_cache() -> None:
+    """Once the name cache is full, names outside it are still decoded right."""
+    parser = LineParser()
+    parser.parse(b"".join(line(model=b"m%d" % i) for i in range(70000)))
+    events = fast(line(model=b"new\xe9") + line(model=b"m0") + line(model=b"m69999"), parser)
+    assert events is not None
+    assert [e.model for e in events] == ["new\u00e9", "m0", "m69999"]
+
+
+def test_fast_path_over_long_line() -> None:
+    """A line longer than max_line_bytes sends the chunk to the general path, which skips it.
+
+    The limit is on the line without its newline: a line of exactly the limit is shipped.
+    """
+    parser = LineParser(max_line_bytes=len(line()) - 1)
+    chunk = line() + line(metric=b"ab") + line()
+    assert fast(chunk, parser) is None
+    assert fast(line() + line(), parser) is not None
+    parsed = parser.parse(chunk)
+    assert [(s.reason, s.line_number) for s in parsed.skipped] == [(SkipReason.TOO_LONG, 2)]
+    assert len(parsed.events) == 2
+
+
+plain_models = st.binary(max_size=12).map(lambda b: b.translate(None, b"\n\x00,"))
+plain_metrics = st.binary(min_size=1, max_size=12).map(
+    lambda b: b.translate(None, b"\n\x00:") or b"v"
+)
+plain_values = st.one_of(
+    st.floats().filter(lambda v: not math.isnan(v)).map(lambda v: b"%g" % v),
+    st.floats().filter(lambda v: not math.isnan(v)).map(lambda v: repr(v).encode()),
+    st.sampled_from([b"nan", b"-nan", b"NaN", b"-inf", b"1e999", b".5", b"5.", b"+1", b"-0"]),
+)
+
+
+@st.composite
+def plain_lines(draw: st.DrawFn) -> bytes:
+    """A valid metric line the fast path reads: no ',' in the model, no ':' in the metric."""
+    return (
+        PREFIX
+        + b"model: "
+        + draw(plain_models)
+        + b", step: %d, " % draw(steps)
+        + draw(plain_metrics)
+        + b": "
+        + draw(plain_values)
+        + draw(st.sampled_from([b"\n", b"\n", b"\r\n"]))
+    )
+
+
+@st.composite
+def tricky_lines(draw: st.DrawFn) -> bytes:
+    """A line near the fast path's edge: valid or not, read by the fast path or not."""
+    model = draw(
+        st.one_of(
+            plain_models,
+            st.sampled_from([b"", b"a, b", b"a: b", b"m, step: 3", b"m, step: x", b"caf\xe9"]),
+        )
+    )
+    step = draw(
+        st.one_of(
+            st.integers(INT64_MIN - 2, INT64_MIN + 2).map(b"%d".__mod__),
+            st.integers(INT64_MAX - 2, INT64_MAX + 2).map(b"%d".__mod__),
+            st.integers(-(10**25), 10**25).map(b"%d".__mod__),
+            st.sampled_from([b"+1", b"007", b"-0", b"1.5", b"", b"-", b" 1", b"1_0"]),
+        )
+    )
+    metric = draw(
+        st.one_of(
+            plain_metrics,
+            st.sampled_from([b"", b"a: b", b"a:b", b"a:", b"x, step: 8, y", b" ", b"\r"]),
+        )
+    )
+    value = draw(
+        st.one_of(
+            plain_values,
+            st.lists(st.sampled_from(list(VALUE_CHARACTERS)), max_size=6).map(bytes),
+            st.sampled_from(
+                [b"1_0", b" 1.0", b"infinity", b"1..2", b"e5", b"nana", b"1,5", b"1\r", b"1 "]
+            ),
+        )
+    )
+    end = draw(st.sampled_from([b"\n", b"\r\n", b"\r\r\n"]))
+    text = PREFIX + b"model: " + model + b", step: " + step + b", " + metric + b": " + value + end
+    other = st.sampled_from(
+        [b"\n", b"\r\n", b"garbage\n", PREFIX + b"model: m\n", b"x" + line(), b"\x00" + line()]
+    )
+    return draw(st.one_of(st.just(text), other))
+
+
+@given(
+    st.lists(plain_lines(), max_size=20),
+    st.lists(st.tuples(st.integers(0, 20), tricky_lines()), max_size=3),
+    st.sampled_from([1 << 20, 100, 60]),
+    st.integers(0, 2**40),
+    st.integers(0, 2**20),
+)
+def test_property_fast_path_gives_what_the_general_path_gives(
+    plain: list[bytes],
+    tricky: list[tuple[int, bytes]],
+    max_line_bytes: int,
+    offset: int,
+    line_number: int,
+) -> None:
+    """Any chunk parses exactly as the general path alone parses it, offsets and NaN bits included.
+
+    When the fast path reads a chunk, it gives the general path's events; it reads every chunk of
+    plain metric lines.
+    """
+    lines = list(plain)
+    for position, text in tricky:
+        lines.insert(position, text)
+    chunk = b"".join(lines)
+    count = chunk.count(b"\n")
+    identity = FileIdentity(7, 8)
+    general = LineParser(max_line_bytes)._parse_any(chunk, offset, line_number, identity, count)
+    parsed = LineParser(max_line_bytes).parse(
+        chunk, offset=offset, line_number=line_number, file=identity
+    )
+    assert exact(parsed.events) == exact(general.events)
+    assert parsed.skipped == general.skipped
+    assert parsed.lines == general.lines == count
+    if b"\x00" in chunk:
+        return
+    events = LineParser(max_line_bytes)._parse_clean(chunk, offset, identity, count)
+    if events is not None:
+        assert general.skipped == []
+        assert exact(events) == exact(general.events)
+    elif plain and not tricky and max(map(len, lines)) <= max_line_bytes:
+        pytest.fail("the fast path left a chunk of plain metric lines to the general path")
