@@ -17,9 +17,7 @@ _UNSET = {"TORCHFORT_LOGDIR", "MLFLOW_TRACKING_URI"}
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without a log folder, a tracking URI or TF_SHIP_* settings, plus `extra`."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in _UNSET and not k.startswith("TF_SHIP_")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in _UNSET and not k.startswith("TF_SHIP_")}
     env.update(extra)
     return env
 

@@ -124,9 +124,23 @@ def test_csv_rows_keep_non_finite_values(plugin_site: Path, tmp_path: Path) -> N
     out = tmp_path / "m.csv"
     env = {**os.environ, "PYTHONPATH": str(plugin_site)}
     result = subprocess.run(
-        [sys.executable, "-m", "tf_ship", "--log-file", str(log), "--no-follow", "-b", "csv",
-         "--backend-opt", f"csv.path={out}"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "tf_ship",
+            "--log-file",
+            str(log),
+            "--no-follow",
+            "-b",
+            "csv",
+            "--backend-opt",
+            f"csv.path={out}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     rows = _rows(out)

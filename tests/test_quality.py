@@ -24,14 +24,15 @@ def test_ruff_is_clean() -> None:
     folders = [f for f in ("tf_ship", "tests", "benchmarks", "examples") if (ROOT / f).is_dir()]
     result = subprocess.run(
         [_tool("ruff"), "check", *folders],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_strict_is_clean() -> None:
     """`mypy` (strict, configured in pyproject.toml) finds no type error in the package."""
-    result = subprocess.run(
-        [_tool("mypy")], cwd=ROOT, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
