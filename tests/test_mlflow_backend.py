@@ -32,6 +32,7 @@ from tf_ship.backends.mlflow import (
     key_map_tags,
     sanitize_key,
 )
+from tf_ship.backends.mlflow_rest import json_number
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 
 mlflow = pytest.importorskip("mlflow")
@@ -358,6 +359,54 @@ def test_calls_in_flight_all_go_out_and_the_gravest_error_is_raised(
         step for step in range(4000) if step // MAX_METRICS_PER_CALL not in failures
     ]
     assert 1 <= backend.most_in_flight <= CALLS_IN_FLIGHT
+
+
+def test_metrics_go_straight_to_the_rest_api_of_a_server(
+    mlflow_server: str, sqlite_uri: str, tmp_path: Path
+) -> None:
+    """A server gets metrics through the direct REST call; a local store through the client."""
+    served = MlflowBackend(mlflow_server, EXPERIMENT)
+    served.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+    local = MlflowBackend(sqlite_uri, EXPERIMENT)
+    local.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+    assert served._rest is not None
+    assert local._rest is None
+    for backend in (served, local):
+        backend.close(RunStatus.FINISHED)
+
+
+def test_a_moved_mlflow_internal_falls_back_to_the_client(
+    mlflow_server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the direct call breaks on MLflow's internals, the client sends the metrics."""
+    backend = MlflowBackend(mlflow_server, EXPERIMENT)
+    backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+
+    def moved(*_: object) -> None:
+        raise AttributeError("'RestStore' object has no attribute 'get_host_creds'")
+
+    backend._rest = moved  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="tf_ship"):
+        backend.log_metrics([MetricEvent("m", "x", step, 0.5, offset=step) for step in range(3)])
+        backend.log_metrics([MetricEvent("m", "x", step, 0.5, offset=step) for step in range(3, 5)])
+    backend.close(RunStatus.FINISHED)
+    rows = MlflowClient(mlflow_server).get_metric_history(str(backend.run_id), "m/x")
+    assert sorted(row.step for row in rows) == [0, 1, 2, 3, 4]
+    assert backend._rest is None
+    assert [r.message for r in caplog.records].count(
+        "MLflow: sending through the client from now on "
+        "('RestStore' object has no attribute 'get_host_creds')"
+    ) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [(1.5, 1.5), (-0.0, -0.0), (math.nan, "NaN"), (math.inf, "Infinity"), (-math.inf, "-Infinity")],
+)
+def test_json_numbers_as_protobuf_writes_them(value: float, encoded: float | str) -> None:
+    """Non-finite doubles become protobuf's JSON strings; the sign of -0 is kept."""
+    assert json_number(value) == encoded
+    assert str(json_number(value)) == str(encoded)
 
 
 def test_refusal_raises_permanent_error(sqlite_uri: str, tmp_path: Path) -> None:

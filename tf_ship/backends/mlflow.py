@@ -68,6 +68,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
+from tf_ship.backends.mlflow_rest import MetricRow, RestLogBatch, rest_log_batch
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
@@ -252,6 +253,7 @@ class MlflowBackend:
         self._reported: set[str] = set()
         self._closed = False
         self._senders: concurrent.futures.ThreadPoolExecutor | None = None
+        self._rest: RestLogBatch | None = None
 
     preferred_batch_size = 10_000
     """Events per `log_metrics`: ten `log_batch` calls, two of them in flight at a time."""
@@ -277,6 +279,8 @@ class MlflowBackend:
                 raise FatalBackendError(msg) from error
             raise
         logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            self._rest = rest_log_batch(self._client)
         if self.tracking_uri.startswith(("http://", "https://")) and self._senders is None:
             self._senders = concurrent.futures.ThreadPoolExecutor(
                 CALLS_IN_FLIGHT, thread_name_prefix="tf-ship-mlflow"
@@ -458,10 +462,13 @@ class MlflowBackend:
         return self._client
 
     def _logged(self, what: str, **entities: Any) -> None:  # noqa: ANN401
-        """Call log_batch; turn refusals into the engine's error types."""
+        """Call log_batch; turn refusals into the engine's error types.
+
+        Metrics alone go straight to the server's REST API when it has one (`mlflow_rest`).
+        """
         client = self._require_client()
         try:
-            client.log_batch(self.run_id, **entities)
+            self._log_batch(client, entities)
         except Exception as error:
             if not is_refusal(error):
                 raise
@@ -471,19 +478,29 @@ class MlflowBackend:
             msg = f"MLflow refused {what}: {error}"
             raise PermanentBackendError(msg) from error
 
+    def _log_batch(self, client: Any, entities: dict[str, Any]) -> None:  # noqa: ANN401
+        metrics: list[MetricRow] = entities.get("metrics") or []
+        rest = self._rest
+        if rest is not None and metrics and set(entities) == {"metrics"}:
+            try:
+                rest(str(self.run_id), metrics)
+            except (TypeError, AttributeError) as error:  # MLflow's internals moved
+                logger.warning("MLflow: sending through the client from now on (%s)", error)
+                self._rest = None
+            else:
+                return
+        if metrics:
+            from mlflow.entities import Metric  # noqa: PLC0415
+
+            entities = {**entities, "metrics": [Metric(*row) for row in metrics]}
+        client.log_batch(self.run_id, **entities)
+
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
         """Log the batch in calls of at most 1000 metrics, after any new key map entries."""
-        from mlflow.entities import Metric  # noqa: PLC0415
-
         ids = _event_ids(batch)
         self.prepare(batch)  # a no-op when the engine prepared the batch already
         metrics = [
-            Metric(
-                key=self.metric_key(event),
-                value=event.value,
-                timestamp=self._pending[event_id],
-                step=event.step,
-            )
+            MetricRow(self.metric_key(event), event.value, self._pending[event_id], event.step)
             for event, event_id in zip(batch, ids, strict=True)
         ]
         self._save_key_map()
@@ -499,7 +516,7 @@ class MlflowBackend:
         self._delivered.extend(ids)
 
     def _log_in_parallel(
-        self, senders: concurrent.futures.ThreadPoolExecutor, chunks: Sequence[list[Any]]
+        self, senders: concurrent.futures.ThreadPoolExecutor, chunks: Sequence[list[MetricRow]]
     ) -> None:
         """Send every chunk, CALLS_IN_FLIGHT at a time; raise the gravest error, if any.
 
