@@ -600,6 +600,14 @@ def measure_rss(log: Path, workdir: Path, uri: str, limit: float) -> dict[str, A
 # -- the table --------------------------------------------------------------------------------
 
 
+def mean_of(*results: dict[str, Any]) -> dict[str, Any]:
+    """One result from several runs of a measurement: the mean of its times, the first's rest."""
+    merged = dict(results[0])
+    for field in ("seconds", "cpu", "server_cpu"):
+        merged[field] = statistics.fmean(float(result[field]) for result in results)
+    return merged
+
+
 def cpu_demand(result: dict[str, Any]) -> float:
     """CPU seconds a measurement used: its process tree and the MLflow server."""
     return float(result["cpu"]) + float(result["server_cpu"])
@@ -731,15 +739,15 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one secti
             return result
 
         def side_by_side(*measure: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
-            """Each measurement twice, in mirrored order (A B B A), the faster of each kept.
+            """Each measurement twice, in mirrored order (A B B A); the mean of the two counts.
 
-            The machine's speed drifts between runs; mirrored order cancels a steady drift.
+            The machine's speed drifts between runs, and the MLflow store grows with every run:
+            the mean of mirrored runs cancels a steady drift (the faster of two would favour
+            whatever ran first).
             """
             first = [run() for run in measure]
             second = [run() for run in reversed(measure)][::-1]
-            return [
-                min(a, b, key=lambda r: r["seconds"]) for a, b in zip(first, second, strict=True)
-            ]
+            return [mean_of(a, b) for a, b in zip(first, second, strict=True)]
 
         # wandb
         per_line, best, wandb_alone = side_by_side(
@@ -814,9 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one secti
         ):
             speedup_row(table, figure, baseline, parsing, minimum=None, target="-")
         # fan-out
-        fan_out = min(
-            (ours("wandb", "mlflow", "tensorboard") for _ in range(2)), key=lambda r: r["seconds"]
-        )
+        fan_out = mean_of(*(ours("wandb", "mlflow", "tensorboard") for _ in range(2)))
         alone = {"wandb": wandb_alone, "mlflow": mlflow_alone, "tensorboard": tensorboard_alone}
         slowest = max(alone, key=lambda name: alone[name]["seconds"])
         ratio = fan_out["seconds"] / alone[slowest]["seconds"]
@@ -874,8 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one secti
                 "from opening the run to closing it; tf-ship through "
                 "`tf_ship.ship(..., follow=False)` without a state file (what "
                 "`tf-ship --no-follow --no-state` runs). Each tracker baseline and tf-ship run "
-                "twice in mirrored order (A B B A; the fan-out twice), the faster run of each "
-                "kept; so do the parsing figures (grep: the best of three)."
+                "twice in mirrored order (A B B A; the fan-out twice), and the mean of the two "
+                "runs counts; so for the parsing figures (grep: the best of three)."
             ),
             (
                 "Ratio: baseline time / tf-ship time for throughput (above 1: tf-ship faster); "
