@@ -881,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one secti
                 "`tf_ship.ship(..., follow=False)` without a state file (what "
                 "`tf-ship --no-follow --no-state` runs). Each tracker baseline and tf-ship run "
                 "twice in mirrored order (A B B A; the fan-out twice), and the mean of the two "
-                "runs counts; so for the parsing figures (grep: the best of three)."
+                "runs counts; likewise for the parsing figures (grep: the best of three)."
             ),
             (
                 "Ratio: baseline time / tf-ship time for throughput (above 1: tf-ship faster); "

@@ -43,12 +43,13 @@ What MLflow does with TorchFort's values, and what this backend does about it:
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
   forgets the timestamps of delivered events and the ranges they complete.
 - Throughput: the engine hands over up to 10,000 events at a time (`preferred_batch_size`),
-  sent as `log_batch` calls of 1000. With an HTTP tracking server two calls are in flight at
-  once, so that the client builds the next request (MLflow's JSON encoding is most of the
-  client's work) while the server stores the previous one; ``log_metrics`` returns when every
-  call has succeeded and raises otherwise (the engine then sends the whole batch again, and the
-  store merges what had arrived, see the timestamps above). Other tracking URIs (a local SQL
-  or file store) get one call at a time.
+  sent as `log_batch` calls of 1000. With an HTTP tracking server the metrics go straight to
+  the server's ``runs/log-batch`` with JSON that tf-ship writes (`mlflow_rest`: MLflow's
+  protobuf JSON encoding was most of the client's work), and two calls are in flight at once,
+  so that the client builds the next request while the server stores the previous one.
+  ``log_metrics`` returns when every call has succeeded and raises otherwise (the engine then
+  sends the whole batch again, and the store merges what had arrived, see the timestamps
+  above). Other tracking URIs (a local SQL or file store) get the client, one call at a time.
 - After the application's N-th restart (``--on-restart new-run``) the backend is opened again
   and creates a new run in the same experiment: a child of the first run (tag
   ``mlflow.parentRunId``, so the MLflow UI nests it under the first run), named
