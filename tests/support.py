@@ -22,10 +22,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
+def wait_for(condition: Callable[[], bool], what: str = "condition", timeout: float = 60.0) -> None:
+    """Poll `condition` until it holds, backing off from 10 ms to 250 ms; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
+    interval = 0.01
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout} s")
-        time.sleep(0.02)  # polling with a deadline, not a synchronisation sleep
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)  # polling with a deadline, not a synchronisation sleep
+        interval = min(interval * 1.5, 0.25)

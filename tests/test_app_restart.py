@@ -15,8 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ pytest.importorskip("tensorboardX")
 pytest.importorskip("tensorboard")
 
 from mlflow import MlflowClient
+from support import wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb_helpers import line, offline_wandb_env, write_config
 
@@ -100,17 +100,6 @@ def write_two_runs(logdir: Path, second: slice = slice(None)) -> Path:
 def same(expected: Iterable[Key], found: Iterable[Key]) -> bool:
     """The same events the same number of times, in any order."""
     return collections.Counter(expected) == collections.Counter(found)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll until `condition` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    interval = 0.02
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        threading.Event().wait(interval)
-        interval = min(interval * 1.5, 0.25)
 
 
 # -- the rule -----------------------------------------------------------------------------------
@@ -219,11 +208,13 @@ def test_a_followed_restart_opens_a_linked_run_with_the_new_configs(tmp_path: Pa
     thread = threading.Thread(target=shipper.run)
     thread.start()
     try:
-        wait_for(lambda: backend.shipped() == len(FIRST), "the first application run shipped")
+        wait_for(lambda: backend.shipped() == len(FIRST), "the first run shipped", DEADLINE)
         write_configs(logdir, "5e-4")
         with log.open("ab") as stream:
             stream.write(b"".join(SECOND_LINES))
-        wait_for(lambda: backend.shipped() == len(FIRST + SECOND), "the second run shipped")
+        wait_for(
+            lambda: backend.shipped() == len(FIRST + SECOND), "the second run shipped", DEADLINE
+        )
     finally:
         shipper.request_drain("test over")
         thread.join(DEADLINE)
@@ -380,6 +371,7 @@ def wandb_runs(root: Path) -> list[TrackerRun]:
             exit_code_of(paths[-1], strict=False) is not None for paths in sessions.values()
         ),
         "wandb-core closing the transaction logs",
+        DEADLINE,
     )
     found = []
     for paths in sessions.values():
@@ -510,6 +502,7 @@ def test_a_shipper_killed_in_the_second_run_continues_it(tmp_path: Path) -> None
         wait_for(
             lambda: saved_segments(state_file) == dict.fromkeys(backends, (1, size)),
             "every backend in the second run, at the end of the log",
+            DEADLINE,
         )
     finally:
         process.send_signal(signal.SIGKILL)

@@ -15,11 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 TF_SHIP = [sys.executable, "-m", "tf_ship"]
 DEADLINE = 30.0
@@ -53,17 +53,6 @@ def shipped(out: Path) -> collections.Counter[int]:
         for record in map(json.loads, complete.splitlines())
         if "metric" in record
     )
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll until `condition` holds; fail after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    interval = 0.01
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {DEADLINE:g} s")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.1)
 
 
 def exactly_once(out: Path, steps: Iterable[int]) -> None:
@@ -120,7 +109,11 @@ class Follower:
     def has(self, steps: Iterable[int]) -> None:
         """Wait until every step in `steps` has arrived."""
         wanted = set(steps)
-        wait_for(lambda: wanted <= set(shipped(self.out)), f"steps {min(wanted)}..{max(wanted)}")
+        wait_for(
+            lambda: wanted <= set(shipped(self.out)),
+            f"steps {min(wanted)}..{max(wanted)}",
+            DEADLINE,
+        )
 
     def stop(self) -> str:
         """SIGTERM, wait, and return stderr."""

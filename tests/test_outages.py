@@ -21,12 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 import pytest
 from mlflow_server import free_port, server_command, stop, wait_until_healthy
+from support import wait_for
 
 from tf_ship.shipper.events import MetricEvent, RunStatus
 from tf_ship.shipper.ship import ShipOptions, Shipper
@@ -84,17 +85,6 @@ def compare(expected: Iterable[Key], found: Iterable[Key]) -> tuple[list[Key], l
     want = collections.Counter(expected)
     have = collections.Counter(found)
     return sorted((want - have).elements()), sorted((have - want).elements())
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll until `condition` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    interval = 0.02
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
 
 
 def tf_ship(

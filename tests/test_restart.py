@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ pytest.importorskip("tensorboardX")
 pytest.importorskip("tensorboard")
 
 from mlflow import MlflowClient
+from support import wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb_helpers import offline_wandb, settle
 
@@ -81,17 +82,6 @@ def compare(expected: Iterable[Key], found: Iterable[Key]) -> tuple[list[Key], l
     want = collections.Counter(expected)
     have = collections.Counter(found)
     return sorted((want - have).elements()), sorted((have - want).elements())
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll until `condition` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    interval = 0.02
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.25)
 
 
 # -- reading the trackers back -----------------------------------------------------------------
@@ -375,7 +365,7 @@ def test_kill_nine_at_random_moments_delivers_every_event_exactly_once(  # noqa:
             faulty = session % FAULTY_EVERY == FAULTY_EVERY - 1
             process = launch(faulty_at=rng.randrange(3, 40) if faulty else None)
             if faulty:
-                wait_for(lambda p=process: p.poll() is not None, "the kill inside a save")
+                wait_for(lambda p=process: p.poll() is not None, "the kill inside a save", DEADLINE)
                 assert process.returncode == -signal.SIGKILL
                 assert list(logdir.glob(".tf-ship-state.json*.tmp")), "no save was interrupted"
                 faulty_kills += 1
@@ -383,6 +373,7 @@ def test_kill_nine_at_random_moments_delivers_every_event_exactly_once(  # noqa:
                 wait_for(
                     lambda b=before: all(cursor_of(state_file, n) > b[n] for n in b),
                     f"session {session} shipping",
+                    DEADLINE,
                 )
                 threading.Event().wait(rng.uniform(0.0, 1.5))  # a random moment to crash
                 assert process.poll() is None, (tmp_path / f"session-{session}.err").read_text()

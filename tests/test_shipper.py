@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 import pytest
+from support import wait_for
 
 from tf_ship import LogNotFoundError, PermanentBackendError, ShipOptions, Shipper, ship
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunStatus, SkipReason
@@ -47,15 +48,6 @@ def make_log(logdir: Path, steps: int = 40) -> list[tuple[str, int, str]]:
 def triples(events: Sequence[MetricEvent]) -> list[tuple[str, int, str]]:
     """Model, step and metric of each event."""
     return [(e.model, e.step, e.metric) for e in events]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.01)
 
 
 @attrs.define
