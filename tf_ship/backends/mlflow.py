@@ -280,12 +280,17 @@ class MlflowBackend:
                 raise FatalBackendError(msg) from error
             raise
         logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if self._served:
             self._rest = rest_log_batch(self._client)
-        if self.tracking_uri.startswith(("http://", "https://")) and self._senders is None:
-            self._senders = concurrent.futures.ThreadPoolExecutor(
-                CALLS_IN_FLIGHT, thread_name_prefix="tf-ship-mlflow"
-            )
+            if self._senders is None:
+                self._senders = concurrent.futures.ThreadPoolExecutor(
+                    CALLS_IN_FLIGHT, thread_name_prefix="tf-ship-mlflow"
+                )
+
+    @property
+    def _served(self) -> bool:
+        """True for a tracking server over HTTP (not a local store)."""
+        return self.tracking_uri.startswith(("http://", "https://"))
 
     def _reset(self) -> None:
         """Forget the closed run, to open another."""
@@ -651,7 +656,7 @@ class MlflowBackend:
 
     def view_hint(self) -> str | None:
         """The command (or address) that shows this run."""
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if self._served:
             return f"{self.tracking_uri.rstrip('/')} (run {self.run_id})"
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
 
