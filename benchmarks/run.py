@@ -49,8 +49,10 @@ LINE = re.compile(rb"TORCHFORT::WANDB: model: (.+?), step: (-?\d+), (.+): (\S+)$
 MULTILINE = re.compile(
     rb"^TORCHFORT::WANDB: model: (.+?), step: (-?\d+), (.+): (\S+)$", re.MULTILINE
 )
+_ONCE = b"+" if sys.version_info >= (3, 11) else b""  # possessive where re has it (3.11+)
 FLOOR = re.compile(
-    rb"\nTORCHFORT::WANDB: model: ([^\n,]*+), step: (-?[0-9]++), ([^\n:]++): ([^\n :]++)(?=\n)"
+    rb"\nTORCHFORT::WANDB: model: ([^\n,]*" + _ONCE + rb"), step: (-?[0-9]+" + _ONCE + rb"), "
+    rb"([^\n:]+" + _ONCE + rb"): ([^\n :]+" + _ONCE + rb")(?=\n)"
 )
 CHUNK_BYTES = 4 << 20
 MLFLOW_BATCH = 1000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import types
@@ -27,16 +26,6 @@ def test_public_api_is_exactly_all() -> None:
     assert set(tf_ship.__all__) - {"__version__"} == public - modules
     for name in tf_ship.__all__:
         assert getattr(tf_ship, name) is not None
-
-
-def test_readme_starts_with_the_two_commands() -> None:
-    """The README's first code block runs the example, the second runs the tests."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.DOTALL)
-    assert "tf-ship --example" in blocks[0]
-    assert "pytest" in blocks[1]
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert blocks[1].strip().splitlines()[-1] in ci
 
 
 def test_changelog_has_an_unreleased_section() -> None:

@@ -23,6 +23,7 @@ from tf_ship.inspection import (
     LogReport,
     format_table,
     inspect_log,
+    plot_figure,
     printable,
     sparkline,
     write_plot,
@@ -436,6 +437,29 @@ def test_cli_plot_writes_a_png(crafted: Path, tmp_path: Path) -> None:
     assert data.startswith(PNG_SIGNATURE)
     assert len(data) > 10_000
     assert "plot written to" in result.stderr
+
+
+def test_plot_has_a_panel_per_metric_with_integer_step_ticks(tmp_path: Path) -> None:
+    """One panel per metric, integer step ticks, a note where nothing finite can be drawn.
+
+    A learning rate near 1e-4 has a y-axis of its own beside a loss near 10; steps 1 to 3 are
+    ticked 1, 2, 3 (no 1.5).
+    """
+    lines = [P + b"m, step: %d, loss: %g\n" % (step, 10 / step) for step in (1, 2, 3)]
+    lines += [P + b"m, step: %d, lr: %g\n" % (step, 1e-4 * step) for step in (1, 2, 3)]
+    lines += [P + b"other, step: 7, gone: nan\n"]
+    (tmp_path / "torchfort.log").write_bytes(b"".join(lines))
+    figure = plot_figure(inspect_log(tmp_path))
+    panels = [axis for axis in figure.axes if axis.get_visible()]
+    assert [axis.get_title(loc="left") for axis in panels] == ["m/loss", "m/lr", "other/gone"]
+    loss, lr, gone = panels
+    assert loss.get_ylim()[1] > 9
+    assert 2e-4 < lr.get_ylim()[1] < 1e-3  # not squashed under the loss
+    for axis in (loss, lr):
+        low, high = axis.get_xlim()
+        ticks = [tick for tick in axis.get_xticks() if low <= tick <= high]
+        assert ticks == [1, 2, 3], ticks
+    assert [text.get_text() for text in gone.texts] == ["no finite value (1 NaN, 0 inf)"]
 
 
 def test_plot_of_an_empty_log(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import itertools
 import math
 import re
 import struct
+import sys
 
 import pytest
 from hypothesis import given
@@ -16,9 +17,11 @@ from tf_ship.shipper.parse import (
     CLEAN_LINE,
     INT64_MAX,
     INT64_MIN,
+    POSSESSIVE,
     LineParser,
     ParsedChunk,
     classify,
+    clean_line_pattern,
 )
 
 PREFIX = b"TORCHFORT::WANDB: "
@@ -445,6 +448,44 @@ def line(
 
 
 VALUE_CHARACTERS = bytes(c for c in range(256) if CLEAN_LINE.match(b"\n" + line(bytes([c]))))
+
+
+GREEDY_CLEAN_LINE = re.compile(clean_line_pattern(possessive=False))
+"""The fast path's expression as Python 3.10 spells it, compiled on any Python."""
+PIECES = [
+    *(b"\n", b"\r", PREFIX + b"model: ", b", step: ", b": ", b", ", b",", b":", b" ", b"\x00"),
+    *(b"-", b"+", b".", b"7", b"0", b"e", b"E", b"n", b"a", b"N", b"i", b"f", b"x", b"\xff"),
+]
+"""Bits of metric lines, near-misses included, for text that stresses both spellings."""
+
+
+def matches(
+    pattern: re.Pattern[bytes], text: bytes
+) -> list[tuple[tuple[int, int], tuple[bytes, ...]]]:
+    """Where `pattern` matches in `text`, with its groups."""
+    return [(match.span(), match.groups()) for match in pattern.finditer(text)]
+
+
+def test_the_fast_path_is_spelled_for_the_running_python() -> None:
+    """Possessive quantifiers from Python 3.11 on (the faster spelling), greedy ones before."""
+    assert (sys.version_info >= (3, 11)) is POSSESSIVE
+    assert CLEAN_LINE.pattern == clean_line_pattern(possessive=POSSESSIVE)
+    assert (b"++" in CLEAN_LINE.pattern) == POSSESSIVE
+    assert b"++" not in GREEDY_CLEAN_LINE.pattern
+    assert b"*+" not in GREEDY_CLEAN_LINE.pattern
+
+
+@pytest.mark.skipif(not POSSESSIVE, reason="Python 3.10's re has no possessive quantifiers")
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(PIECES), valid_lines().map(lambda case: b"\n" + case[0])),
+        max_size=40,
+    ).map(b"".join)
+)
+def test_property_both_spellings_of_the_fast_path_agree(text: bytes) -> None:
+    """Python 3.10's greedy spelling matches exactly where and what the possessive one does."""
+    possessive = re.compile(clean_line_pattern(possessive=True))
+    assert matches(GREEDY_CLEAN_LINE, text) == matches(possessive, text)
 
 
 def test_fast_path_values_are_made_of_number_characters() -> None:

@@ -8,16 +8,19 @@ imports no tracker SDK. Everything the commands do is available from Python (`tf
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 
 from tf_ship import __version__
 from tf_ship.cli_options import (
     EXIT_FAILURE,
+    ShipRequest,
     apply,
     finish,
     ship_request,
@@ -95,6 +98,9 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
     """
     request = ship_request(params)
     path = _resolve_log_file(logdir, log_file, example=example)
+    note = None
+    if example:
+        request, note = _place_example_outputs(request)
     built = request.build_backends()
 
     from tf_ship.shipper.ship import LogNotFoundError, Shipper  # noqa: PLC0415
@@ -107,7 +113,26 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
     except LogNotFoundError as error:
         click.echo(f"tf-ship: error: {error}", err=True)
         sys.exit(EXIT_FAILURE)
-    finish(report, quiet=request.quiet)
+    finish(report, quiet=request.quiet, note=note)
+
+
+def _place_example_outputs(request: ShipRequest) -> tuple[ShipRequest, str | None]:
+    """The example's tracker outputs go to one folder (see `tf_ship.example_outputs`)."""
+    from tf_ship.example_outputs import EXAMPLE_OUTPUT, example_backend_options  # noqa: PLC0415
+
+    placed = example_backend_options(request.backends, request.backend_options, os.environ)
+    if placed == {name: dict(options) for name, options in request.backend_options.items()}:
+        return request, None
+    try:
+        EXAMPLE_OUTPUT.mkdir(exist_ok=True)
+    except OSError as error:
+        msg = (
+            f"--example writes its trackers' files to ./{EXAMPLE_OUTPUT}, which cannot be made "
+            f"here ({error.strerror}): run it from a folder you can write to"
+        )
+        raise click.UsageError(msg) from error
+    note = f"  the example's files: {EXAMPLE_OUTPUT.absolute()}/ (remove it to start over)"
+    return attrs.evolve(request, backend_options=placed), note
 
 
 _LOG_OPTIONS = [
@@ -118,7 +143,11 @@ _LOG_OPTIONS = [
         help="TorchFort log directory holding torchfort.log [default: $TORCHFORT_LOGDIR].",
     ),
     click.option("--log-file", metavar="FILE", help="The log file itself, instead of --logdir."),
-    click.option("--example", is_flag=True, help="Ship the example log bundled with tf-ship."),
+    click.option(
+        "--example",
+        is_flag=True,
+        help="Ship the example log bundled with tf-ship; the trackers write to ./tf-ship-example.",
+    ),
 ]
 
 ship_command: click.Command = main.command(

@@ -478,8 +478,10 @@ def configure_logging(verbose: int, *, quiet: bool) -> None:
     root.propagate = False
 
 
-def finish(report: Any, *, quiet: bool) -> None:  # noqa: ANN401 - a ShipReport
-    """Print the summary (unless quiet and fine) and exit with the report's code."""
+def finish(report: Any, *, quiet: bool, note: str | None = None) -> None:  # noqa: ANN401 - a ShipReport
+    """Print the summary (unless quiet and fine) then `note`; exit with the report's code."""
     if not quiet or not report.ok:
         click.echo(report.summary(), err=True)
+        if note:
+            click.echo(note, err=True)
     sys.exit(0 if report.ok else EXIT_FAILURE)

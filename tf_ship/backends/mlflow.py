@@ -224,8 +224,9 @@ class MlflowBackend:
     """Logs to one MLflow run through `MlflowClient`.
 
     `tracking_uri` defaults to ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
-    working directory (whose new experiments keep their artifacts in ``./mlruns``).
-    `experiment` (default ``torchfort``) is created when missing. `run_id`
+    working directory (whose new experiments keep their artifacts in ``./mlruns``, or at
+    `artifact_location` when given). `experiment` (default ``torchfort``) is created when
+    missing. `run_id`
     resumes that run; otherwise the run recorded in the state is resumed, or a new run is
     created. See the module docstring for how MLflow's limits are met.
     """
@@ -235,11 +236,13 @@ class MlflowBackend:
         tracking_uri: str | None = None,
         experiment: str | None = None,
         run_id: str | None = None,
+        artifact_location: str | None = None,
     ) -> None:
         environment_uri = os.environ.get("MLFLOW_TRACKING_URI")
         self.tracking_uri = tracking_uri or environment_uri or DEFAULT_TRACKING_URI
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self.run_id = run_id or None
+        self.artifact_location = artifact_location or None
         self._requested_run_id = self.run_id
         self._run_name: str | None = None
         self._client: Any = None
@@ -372,7 +375,9 @@ class MlflowBackend:
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(self.experiment)
+                experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=self.artifact_location
+                )
             except Exception as error:
                 if getattr(error, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                     raise

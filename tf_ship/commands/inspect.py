@@ -26,7 +26,8 @@ _EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "example"
     "--plot",
     metavar="FILE.png",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help='Also draw every curve against its step into a PNG file (needs "tf-ship[plot]").',
+    help="Also draw every curve into a PNG file: a panel per metric, against its step "
+    '(needs "tf-ship[plot]").',
 )
 @click.option(
     "--width",
