@@ -21,7 +21,7 @@ import click
 
 from tf_ship import exit_codes
 from tf_ship.backends.options import BACKEND_OPTIONS, BackendOption
-from tf_ship.redaction import RedactingFormatter, remember_secrets_in
+from tf_ship.redaction import RedactingFormatter, protect_standard_streams, remember_secrets_in
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -425,6 +425,7 @@ def ship_request(params: dict[str, Any]) -> ShipRequest:
     """Take the shipping options out of a command's parameters and check them."""
     backends = tuple(params.pop("backends"))
     extra = tuple(params.pop("backend_opts"))
+    protect_standard_streams()  # tracker SDKs print URIs, basic auth included, themselves
     verbose = params.pop("verbose")
     quiet = params.pop("quiet")
     configure_logging(verbose, quiet=quiet)

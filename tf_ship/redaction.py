@@ -12,7 +12,10 @@ on clusters are readable by the whole project. `redact` replaces, in any text:
   variable whose name says it is a password, token, secret or key), and every secret met so far
   in a URI (`remember_secrets_in`), wherever they appear.
 
-tf-ship's log handler, the final summary, the status line and the state file go through it.
+tf-ship's log handler, the final summary, the status line and the state file go through it,
+and so does whatever a tracker SDK prints itself (MLflow prints a run's address, basic auth
+included, when the run ends): the commands wrap standard output and error in a
+`RedactingStream` (`protect_standard_streams`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 MASK = "***"
 SECRET_VARIABLES = frozenset(
@@ -57,6 +61,8 @@ _AUTHORIZATION = re.compile(r"\b(?P<kind>Bearer|Basic|Token)\s+(?P<value>[A-Za-z
 
 _known: set[str] = set()
 _from_environment: frozenset[str] | None = None
+_longest_first: tuple[str, ...] | None = None
+"""Every secret to mask (the environment's and the remembered ones), longest first."""
 _lock = threading.Lock()
 
 
@@ -96,27 +102,41 @@ def remember_secrets_in(values: Iterable[Any]) -> None:
             found |= secrets_in(value)
         elif isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
             found |= {s for item in value if isinstance(item, str) for s in secrets_in(item)}
+    global _longest_first  # noqa: PLW0603 - recomputed when the secrets change
     with _lock:
         _known.update(found)
+        _longest_first = None
 
 
 def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """`text` with every credential tf-ship can recognise replaced by ``***``."""
-    global _from_environment  # noqa: PLW0603 - read once: the variables do not change
-    if environ is not None:
-        secrets = _variable_secrets(environ)
-    else:
-        if _from_environment is None:
-            _from_environment = frozenset(_variable_secrets(os.environ))
-        secrets = set(_from_environment)
-    with _lock:
-        secrets |= _known
-    for secret in sorted(secrets, key=len, reverse=True):
+    """`text` with every credential tf-ship can recognise replaced by ``***``.
+
+    `environ` replaces the process's environment (which is read once) as the source of secret
+    variables. Cheap for text without credentials: each pattern runs only when its mark
+    (``@``, ``=``, an authorization scheme) is in the text.
+    """
+    for secret in _secrets(environ):
         if secret in text:
             text = text.replace(secret, MASK)
-    text = _USERINFO.sub(_userinfo, text)
-    text = _QUERY.sub(lambda m: m["key"] + MASK, text)
-    return _AUTHORIZATION.sub(lambda m: f"{m['kind']} {MASK}", text)
+    if "@" in text:
+        text = _USERINFO.sub(_userinfo, text)
+    if "=" in text:
+        text = _QUERY.sub(lambda m: m["key"] + MASK, text)
+    if "Bearer" in text or "Basic" in text or "Token" in text:
+        text = _AUTHORIZATION.sub(lambda m: f"{m['kind']} {MASK}", text)
+    return text
+
+
+def _secrets(environ: Mapping[str, str] | None) -> tuple[str, ...]:
+    global _from_environment, _longest_first  # noqa: PLW0603 - computed once, when needed
+    with _lock:
+        if environ is not None:
+            return tuple(sorted(_variable_secrets(environ) | _known, key=len, reverse=True))
+        if _longest_first is None:
+            if _from_environment is None:
+                _from_environment = frozenset(_variable_secrets(os.environ))
+            _longest_first = tuple(sorted(_from_environment | _known, key=len, reverse=True))
+        return _longest_first
 
 
 def redact_json(value: Any) -> Any:  # noqa: ANN401 - any JSON value
@@ -128,6 +148,34 @@ def redact_json(value: Any) -> Any:  # noqa: ANN401 - any JSON value
     if isinstance(value, list | tuple):
         return [redact_json(item) for item in value]
     return value
+
+
+class RedactingStream:
+    """A text stream that masks credentials in everything written to it; the rest delegates."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.wrapped = stream
+
+    def write(self, text: str) -> int:
+        """Write `text`, redacted; report it written whole."""
+        self.wrapped.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        """Write each line, redacted."""
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever the stream has
+        return getattr(self.wrapped, name)
+
+
+def protect_standard_streams() -> None:
+    """Redact whatever is written to standard output and error from now on (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            setattr(sys, name, cast("TextIO", RedactingStream(stream)))
 
 
 class RedactingFormatter(logging.Formatter):
