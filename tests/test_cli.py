@@ -427,6 +427,8 @@ TROUBLE_BACKEND = textwrap.dedent(
     """A backend that raises or waits for the terminal in one of its calls, as an SDK might."""
     import os, pathlib
 
+    import click
+
     ERRORS = {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}
 
     class Trouble:
@@ -437,8 +439,11 @@ TROUBLE_BACKEND = textwrap.dedent(
             if name != self.where:
                 return
             self.marker.with_suffix(".entered").write_text(name)
-            if self.what == "prompt":
-                input("Enter your choice: ")  # what wandb does without credentials
+            if self.what == "prompt":  # what wandb 0.31 does without credentials
+                try:
+                    click.prompt("Enter your choice", prompt_suffix=": ", err=True)
+                except click.Abort:  # standard input closed
+                    raise KeyboardInterrupt from None
             else:
                 raise ERRORS[self.what](1)
 
@@ -581,7 +586,10 @@ def test_two_signals_during_a_batch_exit_1_at_once(tmp_path: Path) -> None:
 
 
 def test_a_prompt_with_standard_input_closed_fails_at_once(tmp_path: Path) -> None:
-    """A backend that prompts while standard input is closed fails at once, exit 1, no retry."""
+    """A backend that prompts while standard input is closed fails at once, exit 1, no retry.
+
+    As wandb does, the prompt turns the end of input into KeyboardInterrupt: never FINISHED.
+    """
     terminal, marker, _ = trouble_session(tmp_path, "open", "prompt", stdin_closed=True)
     try:
         code = terminal.wait(60)
@@ -590,7 +598,7 @@ def test_a_prompt_with_standard_input_closed_fails_at_once(tmp_path: Path) -> No
     screen = terminal.screen()
     assert code == 1, screen
     assert f"backend {TROUBLE}: FAILED, 0 events" in screen, screen
-    assert "EOFError" in screen, screen
+    assert "the backend raised KeyboardInterrupt" in screen, screen
     assert not re.search(r"retry \d+ in|retrying for", screen), screen
     assert "Traceback" not in screen, screen
     assert marker.with_suffix(".closed").read_text() == "FAILED"
