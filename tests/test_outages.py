@@ -28,6 +28,7 @@ import psutil
 import pytest
 from mlflow_server import free_port, server_command, stop, wait_until_healthy
 from support import wait_for
+from terminal import Terminal
 
 from tf_ship.shipper.events import MetricEvent, RunStatus
 from tf_ship.shipper.ship import ShipOptions, Shipper
@@ -300,7 +301,9 @@ def test_a_call_that_never_returns_fails_only_its_backend(tmp_path: Path):
     hung, fine = report.backends
     assert hung.status is RunStatus.FAILED
     assert hung.error is not None
-    assert "CallTimeoutError" in hung.error
+    assert "no answer after" in hung.error
+    assert "--call-timeout 0.1" in hung.error
+    assert "--retry-timeout 0.5" in hung.error
     assert hung.retries >= 2
     assert hanging.recorder.close_calls == 0
     assert fine.status is RunStatus.FINISHED
@@ -349,7 +352,7 @@ def test_sigterm_ends_tf_ship_within_the_shutdown_timeout_despite_a_hung_backend
 
         def shipped() -> bool:
             lines = out.read_bytes().count(b"\n") if out.exists() else 0
-            return lines >= len(expected) and "CallTimeoutError" in output.read_text()
+            return lines >= len(expected) and "no answer after" in output.read_text()
 
         wait_for(shipped, "jsonl shipping and the hung backend retried", 60)
         assert process.poll() is None, output.read_text()
@@ -367,6 +370,153 @@ def test_sigterm_ends_tf_ship_within_the_shutdown_timeout_despite_a_hung_backend
     assert summary_figure(text, hung, "retries") >= 1
     assert summary_figure(text, "jsonl", "events") == len(expected)
     assert out.read_bytes().count(b"\n") == len(expected)
+
+
+# -- a tracker that is not there ----------------------------------------------------------------
+
+RETRY_LINE = re.compile(r"^tf-ship: backend mlflow could not open the run \((?P<reason>[^)]*)\)")
+
+
+def unreachable_mlflow(tmp_path: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """The arguments and environment of tf-ship --no-follow to MLflow at a port nobody serves."""
+    logdir = tmp_path / "run1"
+    write_log(logdir / "torchfort.log", 10)
+    uri = f"http://127.0.0.1:{free_port()}"
+    args = ["--logdir", str(logdir), "--no-follow", "--no-state", "-b", "mlflow"]
+    args += ["--mlflow-tracking-uri", uri, *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_SHIP_", "MLFLOW_"))}
+    return args, env
+
+
+def test_an_unreachable_tracker_is_retried_in_short_lines_that_name_the_bound(tmp_path: Path):
+    """One short line per attempt with the next delay; the first names --retry-timeout.
+
+    The summary says why the backend failed and for how long it was retried; MLflow's own
+    text (hundreds of characters per attempt) is not shown without -v.
+    """
+    args, env = unreachable_mlflow(tmp_path, "--retry-timeout", "6")
+    output = tmp_path / "tf-ship.out"
+    process = tf_ship(args, output, env)
+    try:
+        code = process.wait(120)
+    finally:
+        end(process)
+    text = output.read_text()
+    assert code == 1, text
+    lines = text.splitlines()
+    retries = [line for line in lines if RETRY_LINE.match(line)]
+    assert len(retries) >= 2, text
+    assert all(RETRY_LINE.match(line)["reason"] == "connection refused" for line in retries)  # type: ignore[index]
+    assert "retrying for up to 6 s (--retry-timeout 6), next in" in retries[0]
+    assert all(re.search(r"retry \d+ in \d+\.\d s$", line) for line in retries[1:]), text
+    assert max(len(line) for line in lines if not line.startswith("  ")) < 160, text
+    assert "Max retries exceeded" not in text
+    assert "NewConnectionError" not in text
+    assert "tf-ship: the backend failed; read 0 lines" in text, text
+    assert re.search(
+        r"backend mlflow: FAILED, 0 events, .*; error: could not open the run: connection "
+        r"refused, for 6 s \(--retry-timeout 6\)$",
+        text,
+        flags=re.MULTILINE,
+    ), text
+
+
+def test_verbose_shows_the_trackers_whole_error(tmp_path: Path):
+    """With -v every attempt also shows the SDK's whole error text."""
+    args, env = unreachable_mlflow(tmp_path, "--retry-timeout", "2", "-v")
+    output = tmp_path / "tf-ship.out"
+    process = tf_ship(args, output, env)
+    try:
+        code = process.wait(120)
+    finally:
+        end(process)
+    text = output.read_text()
+    assert code == 1, text
+    assert "tf-ship: backend mlflow could not open the run: MlflowException: API request" in text
+    assert "Connection refused" in text
+
+
+BROKEN = '''
+"""A backend whose SDK cannot be imported: what a version conflict looks like."""
+
+
+class Broken:
+    def open(self, run):
+        import tracker_sdk_that_is_not_installed  # noqa: F401
+
+    def log_config(self, config):
+        pass
+
+    def log_metrics(self, batch):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self, status):
+        pass
+'''
+
+
+def test_an_import_error_fails_at_once_in_one_line(tmp_path: Path):
+    """ModuleNotFoundError inside `open` cannot be fixed by retrying: one line, exit 1, at once."""
+    logdir = tmp_path / "logdir"
+    write_log(logdir / "torchfort.log", 10)
+    (tmp_path / "broken_plugin.py").write_text(BROKEN, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    output = tmp_path / "tf-ship.out"
+    name = "broken_plugin:Broken"
+    args = ["--logdir", str(logdir), "--no-follow", "--no-state", "-b", name, "-b", "null"]
+    process = tf_ship(args, output, env)
+    try:
+        code = process.wait(60)
+    finally:
+        end(process)
+    text = output.read_text()
+    assert code == 1, text
+    failure = (
+        f"tf-ship: backend {name} failed: could not open the run: ModuleNotFoundError: No module "
+        "named 'tracker_sdk_that_is_not_installed' (retrying cannot fix this)"
+    )
+    assert text.splitlines()[0] == failure, text
+    assert not re.search(r"retry \d+ in|retrying for", text), text
+    assert summary_figure(text, name, "retries") == 0
+    assert "Traceback" not in text
+    assert summary_figure(text, "null", "events") == 40
+
+
+def test_the_status_line_says_what_it_waits_for(tmp_path: Path):
+    """On a terminal, following: "waiting for mlflow (connection refused), retry in N s".
+
+    Ctrl-C then stops the retrying backend: it did not ship, so it fails and tf-ship exits 1.
+    """
+    args, env = unreachable_mlflow(tmp_path, "--retry-timeout", "120")
+    args.remove("--no-follow")
+    terminal = Terminal([sys.executable, "-m", "tf_ship", *args], cwd=tmp_path, env=env)
+    try:
+        wait_for(lambda: "retry 2 in" in terminal.raw(), "two retries", 120)
+        wait_for(
+            lambda: (
+                re.search(
+                    r"waiting for mlflow \(connection refused\), retry in \d+ s", terminal.raw()
+                )
+                is not None
+            ),
+            "the status line",
+            60,
+        )
+        terminal.type(b"\x03")
+        code = terminal.wait(60)
+    finally:
+        terminal.close()
+    screen = terminal.screen()
+    assert code == 1, screen
+    assert "SIGINT received: finishing" in screen, screen
+    assert re.search(
+        r"backend mlflow: FAILED, 0 events, .*; error: could not open the run: connection "
+        r"refused \(stopped while retrying\)",
+        screen,
+    ), screen
 
 
 # -- a permanent refusal ----------------------------------------------------------------------

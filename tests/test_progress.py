@@ -86,6 +86,72 @@ def test_reporter_logs_structured_lines_when_not_a_terminal(
     with caplog.at_level(logging.INFO, logger="tf_ship"):
         for tick in range(12):
             now[0] = float(tick)
-            reporter.update(snap(float(tick), (100, 100), (10, 10)))
+            reporter.update(snap(float(tick), (100 + tick, 100), (10 + tick, 10)))
     assert stream.getvalue() == ""
     assert [r.message.startswith("status ") for r in caplog.records] == [True, True]
+
+
+def test_an_unchanged_status_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a terminal, a status that did not move is repeated only every quiet_interval.
+
+    A tracker that is down for ten minutes must not fill a job log with identical lines.
+    """
+    now = [0.0]
+    reporter = ProgressReporter(
+        io.StringIO(), follow=True, interactive=False, interval=5.0, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.INFO, logger="tf_ship"):
+        for tick in range(131):
+            now[0] = float(tick)
+            reporter.update(snap(float(tick), (100, 100), (10, 10)))
+    assert len(caplog.records) == 3  # at 5 s, 65 s and 125 s
+
+
+def waiting(retry_in: float) -> Snapshot:
+    """A snapshot: the mlflow backend waits to retry after a refused connection; wandb ships."""
+    return Snapshot(
+        elapsed=3.0,
+        size=1000,
+        lines_read=90,
+        backends=[
+            BackendProgress(
+                "mlflow",
+                0,
+                0,
+                0,
+                3,
+                failed=False,
+                lag_seconds=3.0,
+                waiting="connection refused",
+                retry_in=retry_in,
+            ),
+            BackendProgress("wandb", 900, 90, 90, 0, failed=False, lag_seconds=0.0),
+        ],
+    )
+
+
+def test_status_line_says_which_backend_waits_why_and_until_when() -> None:
+    """A backend between two attempts: "waiting for mlflow (connection refused), retry in N s"."""
+    text = status_line(waiting(3.6), None)
+    assert text == (
+        "30 lines/s | waiting for mlflow (connection refused), retry in 4 s, 3 retries"
+        " | wandb: caught up"
+    )
+
+
+def test_progress_bar_shows_the_wait_not_a_time_left() -> None:
+    """The bar of a waiting backend says what it waits for instead of a meaningless 0:00 left."""
+    text = progress_bar(waiting(12.2))
+    assert text.endswith("0 B/1000 B waiting for mlflow (connection refused), retry in 12 s")
+    assert "left" not in text
+
+
+def test_progress_bar_without_progress_shows_no_time_left() -> None:
+    """Nothing shipped yet: no "0:00 left"."""
+    text = progress_bar(snap(2.0, (0, 0), (0, 0)))
+    assert "left" not in text
+
+
+def test_structured_line_names_the_wait() -> None:
+    """The key=value status says why a backend waits."""
+    assert 'mlflow.waiting="connection refused"' in structured_line(waiting(1.0))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import TF_SHIP, clean_env, wait_for
+from test_cli import TROUBLE, TROUBLE_BACKEND
 
 from tf_ship.commands.run import describe_exit, exit_code, pid_alive, wait_for_pid
 
@@ -335,3 +336,97 @@ def test_wait_for_pid_returns_when_the_process_ends(
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def test_three_signals_exit_with_the_applications_code(tmp_path: Path, app: list[str]) -> None:
+    """A backend stuck in a batch; three SIGTERMs: tf-ship exits at once with the app's code.
+
+    The first is passed on (the application writes a last line and exits 3), the second stops
+    shipping, the third exits at once: with 3, the application's code, never 128 + 15.
+    """
+    (tmp_path / "trouble.py").write_text(TROUBLE_BACKEND, encoding="utf-8")
+    ready, marker = tmp_path / "ready", tmp_path / "trouble.pid"
+    command = [
+        *TF_SHIP, "run", "--poll-interval", "0.05", "--logdir", str(tmp_path / "run"),
+        "--call-timeout", "0", "--backend", TROUBLE,
+        "--backend-opt", f"{TROUBLE}.marker={marker}",
+        "--backend-opt", f"{TROUBLE}.where=log_metrics",
+        "--backend-opt", f"{TROUBLE}.what=prompt",
+        "--", *app, "10", "3", "trap", str(ready),
+    ]  # fmt: skip
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as stderr:
+        shipper = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,  # open and silent: the prompt waits
+            stderr=stderr,
+            env=clean_env(PYTHONPATH=str(tmp_path)),
+            cwd=tmp_path,
+        )
+    try:
+        wait_for(ready.exists, what="the application is ready")
+        wait_for(marker.with_suffix(".entered").exists, what="the backend is stuck in a batch")
+        shipper.send_signal(signal.SIGTERM)
+        wait_for(lambda: "the application exited with code 3" in err.read_text(), what="exit 3")
+        shipper.send_signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM received again" in err.read_text(), what="second signal")
+        started = time.monotonic()
+        shipper.send_signal(signal.SIGTERM)
+        assert shipper.wait(30) == 3, err.read_text()
+        assert time.monotonic() - started < 5
+    finally:
+        if shipper.poll() is None:
+            shipper.kill()
+            shipper.wait()
+        assert shipper.stdin is not None
+        shipper.stdin.close()
+    assert "a third time: exiting now" in err.read_text()
+
+
+def test_two_signals_with_follow_pid_exit_1(tmp_path: Path, app: list[str]) -> None:
+    """--follow-pid, a backend stuck in a batch, two SIGTERMs: exit 1 within seconds.
+
+    The first stops shipping (the batch in hand is waited for), the second stops waiting: the
+    summary says the backend was abandoned. Before, this ended in os._exit(143).
+    """
+    (tmp_path / "trouble.py").write_text(TROUBLE_BACKEND, encoding="utf-8")
+    logdir, go, marker = tmp_path / "run", tmp_path / "go", tmp_path / "trouble.pid"
+    logdir.mkdir()
+    (logdir / "torchfort.log").write_bytes(b"TORCHFORT::WANDB: model: m, step: 1, loss: 1\n")
+    application = subprocess.Popen(
+        [*app, "1", "0", "go", str(go)], env=clean_env(TORCHFORT_LOGDIR=str(logdir))
+    )
+    command = [
+        *TF_SHIP, "run", "--poll-interval", "0.05", "--follow-pid", str(application.pid),
+        "--logdir", str(logdir), "--call-timeout", "0", "--backend", TROUBLE,
+        "--backend-opt", f"{TROUBLE}.marker={marker}",
+        "--backend-opt", f"{TROUBLE}.where=log_metrics",
+        "--backend-opt", f"{TROUBLE}.what=prompt",
+    ]  # fmt: skip
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as stderr:
+        shipper = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stderr=stderr,
+            env=clean_env(PYTHONPATH=str(tmp_path)),
+            cwd=tmp_path,
+        )
+    try:
+        wait_for(marker.with_suffix(".entered").exists, what="the backend is stuck in a batch")
+        shipper.send_signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM received" in err.read_text(), what="first signal")
+        started = time.monotonic()
+        shipper.send_signal(signal.SIGTERM)
+        assert shipper.wait(30) == 1, err.read_text()
+        assert time.monotonic() - started < 5
+    finally:
+        for process in (shipper, application):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert shipper.stdin is not None
+        shipper.stdin.close()
+    text = err.read_text()
+    assert f"backend {TROUBLE}: FAILED" in text, text
+    assert "abandoned after a second SIGTERM while busy" in text, text

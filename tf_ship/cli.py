@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from tf_ship.cli_options import (
     ship_request,
     shipping_options,
 )
+from tf_ship.exit_codes import exit_code_epilog
+from tf_ship.redaction import redact
 
 EXAMPLE_DIR = Path(__file__).parent / "example"
 LOG_NAME = "torchfort.log"
@@ -96,6 +97,9 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
     Reads ${TORCHFORT_LOGDIR}/torchfort.log (and the config_*.yaml files beside it) from the
     start, follows it as the application appends, and sends every metric to each --backend.
     """
+    from tf_ship.shipper.stopping import StopSignals, exit_process  # noqa: PLC0415
+
+    signals = StopSignals().install()  # a signal while SDKs are imported stops cleanly too
     request = ship_request(params)
     path = _resolve_log_file(logdir, log_file, example=example)
     note = None
@@ -107,12 +111,12 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
 
     overrides = {"state_file": None} if example and not request.params["state_file"] else {}
     shipper = Shipper(path, built, request.ship_options(path, **overrides))
-    shipper.install_signal_handlers()
+    signals.connect(shipper.request_stop, shipper.abandon)
     try:
         report = shipper.run()
     except LogNotFoundError as error:
-        click.echo(f"tf-ship: error: {error}", err=True)
-        sys.exit(EXIT_FAILURE)
+        click.echo(redact(f"tf-ship: error: {error}"), err=True)
+        exit_process(EXIT_FAILURE)
     finish(report, quiet=request.quiet, note=note)
 
 
@@ -155,7 +159,8 @@ ship_command: click.Command = main.command(
     context_settings=CONTEXT,
     epilog="Other commands: tf-ship COMMAND --help, for COMMAND in: "
     + (", ".join(sorted(COMMANDS)) or "(none yet)")
-    + ". Exit codes: 0 shipped, 1 a backend failed, 2 usage error.",
+    + ".\n\n"
+    + exit_code_epilog(),
 )(
     apply(
         [

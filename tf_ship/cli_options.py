@@ -10,6 +10,7 @@ example `TF_SHIP_BACKEND="mlflow tensorboard"`), the config file (`--config FILE
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,14 +19,19 @@ from typing import Any
 import attrs
 import click
 
+from tf_ship import exit_codes
 from tf_ship.backends.options import BACKEND_OPTIONS, BackendOption
+from tf_ship.redaction import RedactingFormatter, protect_standard_streams, remember_secrets_in
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-EXIT_FAILURE = 1
+EXIT_OK = exit_codes.EXIT_OK
+EXIT_FAILURE = exit_codes.EXIT_FAILURE
+EXIT_USAGE = exit_codes.EXIT_USAGE
+"""The exit codes every command uses; what each means: `tf_ship.exit_codes.EXIT_CODES`."""
 DEFAULT_CONFIG = "tf-ship.toml"
 ENV_PREFIX = "TF_SHIP_"
 
@@ -256,7 +262,8 @@ def shipping_options() -> list[Decorator]:
             "run_name",
             metavar="NAME",
             envvar=_env("run_name"),
-            help="Name of the tracker runs.",
+            help="Name of the tracker runs [default: the log directory's name, e.g. run1 for "
+            "TORCHFORT_LOGDIR=$PWD/run1].",
         ),
         click.option(
             "--state/--no-state",
@@ -321,7 +328,7 @@ def shipping_options() -> list[Decorator]:
             "-v",
             count=True,
             envvar=_env("verbose"),
-            help="Say more (repeat for debug output).",
+            help="Say more: the whole text of every error (repeat for debug output).",
         ),
         click.option(
             "--quiet",
@@ -418,9 +425,11 @@ def ship_request(params: dict[str, Any]) -> ShipRequest:
     """Take the shipping options out of a command's parameters and check them."""
     backends = tuple(params.pop("backends"))
     extra = tuple(params.pop("backend_opts"))
+    protect_standard_streams()  # tracker SDKs print URIs, basic auth included, themselves
     verbose = params.pop("verbose")
     quiet = params.pop("quiet")
     configure_logging(verbose, quiet=quiet)
+    remember_secrets_in([*params.values(), *extra, *os.environ.values()])
     if not backends:
         msg = "choose at least one --backend (for example: --backend jsonl)"
         raise click.UsageError(msg)
@@ -466,22 +475,29 @@ def _route_backend_options(
 
 
 def configure_logging(verbose: int, *, quiet: bool) -> None:
-    """tf-ship's messages go to standard error, prefixed, at the chosen level."""
+    """tf-ship's messages go to standard error, prefixed, redacted, at the chosen level.
+
+    ``tf_ship.details`` (the whole text of errors the main log only names) shows from ``-v`` on.
+    """
     level = logging.DEBUG if verbose > 1 else logging.INFO
     if quiet:
         level = logging.ERROR
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tf-ship: %(message)s"))
+    handler.setFormatter(RedactingFormatter("tf-ship: %(message)s"))
     root = logging.getLogger("tf_ship")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    details = logging.getLogger("tf_ship.details")
+    details.setLevel(logging.NOTSET if verbose and not quiet else logging.WARNING)
 
 
 def finish(report: Any, *, quiet: bool, note: str | None = None) -> None:  # noqa: ANN401 - a ShipReport
     """Print the summary (unless quiet and fine) then `note`; exit with the report's code."""
+    from tf_ship.shipper.stopping import exit_process  # noqa: PLC0415
+
     if not quiet or not report.ok:
         click.echo(report.summary(), err=True)
         if note:
             click.echo(note, err=True)
-    sys.exit(0 if report.ok else EXIT_FAILURE)
+    exit_process(EXIT_OK if report.ok else EXIT_FAILURE)

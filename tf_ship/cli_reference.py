@@ -10,6 +10,7 @@ import inspect
 import click
 
 from tf_ship.cli import main
+from tf_ship.exit_codes import exit_code_table
 
 INTRO = """\
 # Command-line reference
@@ -21,11 +22,13 @@ tf-ship [OPTIONS]
 python -m tf_ship [OPTIONS]
 ```
 
-Exit codes of `tf-ship` (`ship`) and `watch`: 0 when every backend shipped everything; 1 when
-a backend failed (the summary says which and why) or the log never appeared; 2 for a usage
-error (a one-line reason on standard error). SIGINT or SIGTERM stops reading, flushes and
-closes every backend and exits 0; a second signal exits at once. `tf-ship run` exits with the
-application's code instead (see its section). The final summary goes to standard error.
+Exit codes of `tf-ship` (`ship`) and `watch` (`tf-ship run` exits with the application's code
+instead: see its section):
+
+{table}
+The first SIGINT or SIGTERM stops reading, flushes and closes every backend (within
+`--shutdown-timeout` seconds in all); a second one stops waiting for the backends (those still busy
+fail) and exits 1; a third exits 1 at once. The final summary goes to standard error.
 """
 
 
@@ -49,7 +52,7 @@ def _options_table(command: click.Command, context: click.Context) -> list[str]:
 def render() -> str:
     """The reference as Markdown: the default command, then every other command."""
     root = click.Context(main, info_name="tf-ship")
-    lines = [INTRO]
+    lines = [INTRO.format(table=exit_code_table())]
     for name in ["ship", *[n for n in main.list_commands(root) if n != "ship"]]:
         command = main.get_command(root, name)
         assert command is not None  # noqa: S101 - listed commands exist

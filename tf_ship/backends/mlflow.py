@@ -70,6 +70,7 @@ from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
 from tf_ship.backends.mlflow_rest import MetricRow, RestLogBatch, rest_log_batch
+from tf_ship.redaction import redact
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
@@ -295,6 +296,10 @@ class MlflowBackend:
         """True for a tracking server over HTTP (not a local store)."""
         return self.tracking_uri.startswith(("http://", "https://"))
 
+    def _same_store(self, recorded: object) -> bool:
+        """Whether a tracking URI from the state (saved with credentials masked) is this one."""
+        return recorded is None or redact(str(recorded)) == redact(self.tracking_uri)
+
     def _reset(self) -> None:
         """Forget the closed run, to open another."""
         self._run_name = None
@@ -312,7 +317,7 @@ class MlflowBackend:
     def _resume(self, run: RunInfo) -> str | None:
         run_id = self.run_id
         explicit = run_id is not None
-        if run_id is None and run.state.get("tracking_uri") in (None, self.tracking_uri):
+        if run_id is None and self._same_store(run.state.get("tracking_uri")):
             run_id = run.state.get("run_id")
         if not run_id:
             return None
@@ -391,7 +396,7 @@ class MlflowBackend:
         name = run.run_name
         if run.segment:
             first_id = run.first_run.get("run_id")
-            same_store = run.first_run.get("tracking_uri") in (None, self.tracking_uri)
+            same_store = self._same_store(run.first_run.get("tracking_uri"))
             if first_id and same_store:
                 tags[PARENT_TAG] = str(first_id)
             tags[RESTART_TAG] = str(run.segment)

@@ -6,6 +6,7 @@ never pays for a tracker SDK. Plugins register under the entry-point group `tf_s
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
@@ -68,8 +69,11 @@ def backend_factory(name: str) -> BackendFactory:
         return import_object(plugins[name])  # type: ignore[no-any-return]
     if ":" in name:
         return import_object(name)  # type: ignore[no-any-return]
-    known = ", ".join(sorted(available_backends()))
-    msg = f"unknown backend {name!r} (known: {known}; or give package.module:Class)"
+    names = sorted(available_backends())
+    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
+    hint = f": did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(names)
+    msg = f"unknown backend {name!r}{hint} (known: {known}; or give package.module:Class)"
     raise UnknownBackendError(msg)
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import click
 
 from tf_ship.cli_options import EXIT_FAILURE, apply, ship_request, shipping_options
+from tf_ship.redaction import redact
+from tf_ship.shipper.stopping import exit_now, exit_process, exit_soon
 
 logger = logging.getLogger("tf_ship.run")
 
@@ -171,6 +173,7 @@ class Session:
         start: Callable[[], Application] | None = None,
         follow_pid: int | None = None,
         follow: bool = True,
+        early: Sequence[int] = (),
     ) -> None:
         if (start is None) == (follow_pid is None):
             msg = "give start or follow_pid"
@@ -187,7 +190,8 @@ class Session:
         """Set when the application has ended, or (--follow-pid) tf-ship was told to stop."""
         self._stop_waiting = threading.Event()
         self._signals = 0
-        self._early: list[int] = []
+        self._early: list[int] = list(early)
+        """Signals that came before the application started (or before `run`)."""
         self._shipper_thread: threading.Thread | None = None
 
     # -- signals ------------------------------------------------------------------------------
@@ -196,7 +200,9 @@ class Session:
         """First signal: pass it on; second: stop shipping at once; third: exit at once.
 
         With --follow-pid nothing is passed on (the process is not ours): the first signal stops
-        shipping, as for `tf-ship ship`, and a second one exits at once.
+        shipping, as for `tf-ship ship`, a second one stops waiting for the backends (exit code
+        1), a third exits at once. Exiting at once gives the application's code when it has
+        ended with one, else 1.
         """
         if self._start is not None and self.application is None:
             self._early.append(signum)  # passed on once the application has started
@@ -204,15 +210,22 @@ class Session:
         self._signals += 1
         name = signal.Signals(signum).name
         if self.application is None:
+            if self._signals > 2:
+                logger.warning("%s received again: exiting now", name)
+                exit_now(EXIT_FAILURE)
             if self._signals > 1:
-                os._exit(128 + signum)
+                logger.warning("%s received again: not waiting for the backends any longer", name)
+                exit_soon()
+                self.shipper.abandon(f"abandoned after a second {name}")
+                return
             logger.warning("%s received: finishing (send it again to exit at once)", name)
             self.shipper.request_stop(f"stopped by {name}")
             self._stop_waiting.set()
             self._ended.set()
             return
         if self._signals > 2:
-            os._exit(128 + signum)
+            logger.warning("%s received a third time: exiting now", name)
+            exit_now(self._code_now())
         if signum == signal.SIGINT and terminal_signals_our_group():
             passed = "the application got it from the terminal too"
         else:
@@ -267,8 +280,8 @@ class Session:
         try:
             if self._start is not None:
                 self.application = self._start()
-                for signum in self._early:
-                    self._on_signal(signum, None)
+            for signum in self._early:
+                self._on_signal(signum, None)
             if self.follow:
                 self._start_shipper()
             waiter = threading.Thread(
@@ -314,6 +327,11 @@ class Session:
     def shipped(self) -> bool:
         """Whether everything was shipped (or there was nothing to ship)."""
         return self.error is None and (self.report is None or self.report.ok)
+
+    def _code_now(self) -> int:
+        """The exit code when tf-ship must exit at once: the application's, if it failed."""
+        code = 0 if self.returncode is None else exit_code(self.returncode)
+        return code or EXIT_FAILURE
 
     def exit_code(self) -> int:
         """The application's exit code; 1 when it succeeded (or is not ours) but shipping failed."""
@@ -388,14 +406,19 @@ def _run(
     Exit code: the application's (128+N when signal N killed it), or 1 when it succeeded but
     shipping failed; 127 when COMMAND cannot be found. The first SIGINT or SIGTERM is passed on
     to the application (a Ctrl-C in a terminal reaches it directly) and shipping goes on until
-    it exits; a second one stops shipping at once; a third exits at once. With --no-follow the
-    log is shipped once, after the application has exited.
+    it exits; a second one stops shipping at once; a third exits at once (with the
+    application's code if it has failed, else 1). With --no-follow the log is shipped once,
+    after the application has exited.
 
     --follow-pid PID follows an application started elsewhere, given its --logdir: when the
     process ends, tf-ship ships the rest and closes the runs FINISHED (its exit code cannot be
     known); it exits 0 when everything was shipped, 1 when a backend failed. Signals are not
-    passed on: the first stops shipping (runs end KILLED), a second exits at once.
+    passed on: the first stops shipping (runs end KILLED), a second stops waiting for the
+    backends and exits 1.
     """  # noqa: D301 - \b is click's mark for a paragraph it must not rewrap
+    early: list[int] = []
+    for signum in HANDLED_SIGNALS:  # until the session handles them (SDK imports take a while)
+        signal.signal(signum, lambda received, _frame: early.append(received))
     request = ship_request(params)
     _check_target(follow_pid, command, logdir)
     built = request.build_backends()
@@ -418,17 +441,19 @@ def _run(
     shipper = Shipper(log_file, built, request.ship_options(log_file))
     follow = bool(request.params["follow"])
     if follow_pid is None:
-        session = Session(shipper, start=lambda: _start(command, env, made), follow=follow)
+        session = Session(
+            shipper, start=lambda: _start(command, env, made), follow=follow, early=early
+        )
     else:
         logger.info("following the application with pid %d", follow_pid)
-        session = Session(shipper, follow_pid=follow_pid, follow=follow)
+        session = Session(shipper, follow_pid=follow_pid, follow=follow, early=early)
     session.run()
     if session.error is not None:
-        click.echo(f"tf-ship: error: {session.error}", err=True)
+        click.echo(redact(f"tf-ship: error: {session.error}"), err=True)
     report = session.report
     if report is not None and (not request.quiet or not report.ok):
         click.echo(report.summary(), err=True)
-    sys.exit(session.exit_code())
+    exit_process(session.exit_code())
 
 
 _RUN_OPTIONS: list[Callable[[Any], Any]] = [

@@ -33,6 +33,14 @@ class BackendStats:
     error: str | None = None
     view_hint: str | None = None
     """How a person looks at what was shipped (a command), when the backend says."""
+    waiting: str | None = None
+    """While a failed call waits for its retry: why it failed, in a few words."""
+    retry_at: float = 0.0
+    """When (`time.monotonic`) the retry the backend waits for is due."""
+    opened_at: float | None = None
+    """When (`time.monotonic`) the backend's run was open: shipping began."""
+    done_at: float | None = None
+    """When (`time.monotonic`) the backend had shipped all it was to ship (before closing)."""
 
     @property
     def failed(self) -> bool:

@@ -4,8 +4,11 @@
   time left, redrawn in place.
 - follow mode on a terminal: a one-line status every few seconds: lines/s and, per backend,
   how far behind it is (lines and seconds), its retries and errors.
+- a backend waiting to retry a failed call: ``waiting for mlflow (connection refused), retry in
+  4 s``, in the bar and in the status line alike.
 - standard error not a terminal (a batch job's log): the same status as a structured
-  ``key=value`` log line every `interval` seconds, so that job logs stay greppable.
+  ``key=value`` log line every `interval` seconds while something moves (every
+  `quiet_interval` seconds when nothing does), so that job logs stay greppable and short.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import attrs
+
+from tf_ship.redaction import redact
 
 logger = logging.getLogger("tf_ship")
 
@@ -33,6 +38,16 @@ class BackendProgress:
     retries: int
     failed: bool
     lag_seconds: float
+    waiting: str | None = None
+    """Why the backend's last call failed, while it waits to retry; None otherwise."""
+    retry_in: float = 0.0
+    """Seconds until that retry."""
+
+    def waiting_text(self) -> str:
+        """``waiting for mlflow (connection refused), retry in 4 s``."""
+        return (
+            f"waiting for {self.name} ({self.waiting}), retry in {max(0, round(self.retry_in))} s"
+        )
 
 
 @attrs.frozen
@@ -65,14 +80,16 @@ def progress_bar(snapshot: Snapshot) -> str:
     done = min((b.offset for b in snapshot.backends), default=0)
     fraction = 1.0 if snapshot.size <= 0 else min(1.0, done / snapshot.size)
     filled = round(fraction * BAR_WIDTH)
+    bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+    bar += f"{_human_bytes(done)}/{_human_bytes(snapshot.size)}"
+    waiting = [b.waiting_text() for b in snapshot.backends if b.waiting and not b.failed]
+    if waiting:
+        return f"{bar} {'; '.join(waiting)}"
     rate = snapshot.lines_read / snapshot.elapsed if snapshot.elapsed > 0 else 0.0
     byte_rate = done / snapshot.elapsed if snapshot.elapsed > 0 else 0.0
-    left = (snapshot.size - done) / byte_rate if byte_rate > 0 else 0.0
-    return (
-        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-        f"{_human_bytes(done)}/{_human_bytes(snapshot.size)} {rate:,.0f} lines/s "
-        f"{_duration(left)} left"
-    )
+    if byte_rate <= 0:
+        return f"{bar} {rate:,.0f} lines/s"
+    return f"{bar} {rate:,.0f} lines/s {_duration((snapshot.size - done) / byte_rate)} left"
 
 
 def status_line(snapshot: Snapshot, previous: Snapshot | None) -> str:
@@ -87,6 +104,8 @@ def status_line(snapshot: Snapshot, previous: Snapshot | None) -> str:
         behind = furthest - backend.lines
         if backend.failed:
             text = f"{backend.name}: FAILED"
+        elif backend.waiting:
+            text = backend.waiting_text()
         elif behind or backend.lag_seconds >= 1:
             text = f"{backend.name}: {behind:,} lines behind ({backend.lag_seconds:.1f} s)"
         else:
@@ -110,7 +129,17 @@ def structured_line(snapshot: Snapshot) -> str:
                 f"{prefix}.failed={str(backend.failed).lower()}",
             ]
         )
+        if backend.waiting and not backend.failed:
+            fields.append(f'{prefix}.waiting="{backend.waiting}"')
     return "status " + " ".join(fields)
+
+
+def _movement(snapshot: Snapshot) -> tuple[object, ...]:
+    """What a structured status line is worth repeating for (not the clock, not retries)."""
+    return (
+        snapshot.lines_read,
+        tuple((b.events, b.failed, b.waiting) for b in snapshot.backends),
+    )
 
 
 @attrs.define
@@ -121,10 +150,14 @@ class ProgressReporter:
     follow: bool
     interactive: bool
     interval: float = 5.0
+    quiet_interval: float = 60.0
+    """Without a terminal, an unchanged status is logged again only after this many seconds."""
     clock: Callable[[], float] = time.monotonic
     _last_draw: float | None = attrs.field(default=None, init=False)
     _previous: Snapshot | None = attrs.field(default=None, init=False)
     _drawn: bool = attrs.field(default=False, init=False)
+    _last_logged: tuple[float, tuple[object, ...]] | None = attrs.field(default=None, init=False)
+    _clearing: _ClearBeforeRecords | None = attrs.field(default=None, init=False)
 
     def update(self, snapshot: Snapshot) -> None:
         """Draw if it is time: 5 times a second for a bar, every `interval` s otherwise."""
@@ -137,21 +170,55 @@ class ProgressReporter:
         if first and not self.interactive:
             return  # nothing worth saying before the first interval
         if not self.interactive:
-            logger.info("%s", structured_line(snapshot))
+            self._log(snapshot, now)
         elif self.follow:
             self._redraw(status_line(snapshot, self._previous))
         else:
             self._redraw(progress_bar(snapshot))
         self._previous = snapshot
 
+    def _log(self, snapshot: Snapshot, now: float) -> None:
+        movement = _movement(snapshot)
+        if self._last_logged is not None:
+            when, last = self._last_logged
+            if movement == last and now - when < self.quiet_interval:
+                return
+        self._last_logged = (now, movement)
+        logger.info("%s", structured_line(snapshot))
+
     def _redraw(self, text: str) -> None:
-        self.stream.write("\r\x1b[2K" + text)
+        if self._clearing is None:  # a message printed while the line is drawn clears it first
+            self._clearing = _ClearBeforeRecords(self)
+            for handler in logger.handlers:
+                handler.addFilter(self._clearing)
+        self.stream.write("\r\x1b[2K" + redact(text))
         self.stream.flush()
         self._drawn = True
 
-    def close(self) -> None:
-        """Clear the line so that the summary starts on a clean one."""
+    def clear(self) -> None:
+        """Clear the drawn line (it is drawn again at the next update that draws)."""
         if self._drawn:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
             self._drawn = False
+
+    def close(self) -> None:
+        """Clear the line so that the summary starts on a clean one."""
+        self.clear()
+        if self._clearing is not None:
+            for handler in logger.handlers:
+                handler.removeFilter(self._clearing)
+            self._clearing = None
+
+
+class _ClearBeforeRecords(logging.Filter):
+    """Clears the status line before tf-ship prints a message, so that none starts mid-line."""
+
+    def __init__(self, reporter: ProgressReporter) -> None:
+        super().__init__()
+        self.reporter = reporter
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: ARG002 - every record
+        """Clear the line; let the record through."""
+        self.reporter.clear()
+        return True

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 
 import attrs
 
 from tf_ship.backends.base import Backend
+from tf_ship.redaction import redact
+from tf_ship.shipper import stopping
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
 from tf_ship.shipper.monitor import BackendStats, Monitor
@@ -26,6 +26,9 @@ from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSe
 logger = logging.getLogger("tf_ship")
 
 LOG_NAME = "torchfort.log"
+install_stop_handlers = stopping.install_stop_handlers
+MIN_RATE_SECONDS = 1.0
+"""Shipping shorter than this shows no lines/s: the figure would measure start-up, not speed."""
 
 
 class LogNotFoundError(FileNotFoundError):
@@ -52,6 +55,7 @@ class ShipOptions:
     """Seconds one backend call may take before it counts as a transient failure; 0: no limit."""
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     run_name: str | None = None
+    """Name of the tracker runs; None names them after the log's directory (`default_run_name`)."""
     state_file: Path | None = None
     """Where cursors and run ids are kept between runs; None keeps none."""
     fresh: bool = False
@@ -95,6 +99,9 @@ class ShipReport:
     backends: list[BackendStats]
     elapsed: float
     stop_reason: str
+    shipping_seconds: float | None = None
+    """From the first backend's open run to the end of the last one's shipping (None: none
+    shipped); the time lines/s is measured over."""
 
     @property
     def ok(self) -> bool:
@@ -104,11 +111,16 @@ class ShipReport:
     def summary(self) -> str:
         """A few lines for a person: lines read, per backend outcome, skips, time."""
         skipped = sum(self.skipped.values())
-        rate = self.lines_read / self.elapsed if self.elapsed > 0 else 0.0
+        shipping = self.shipping_seconds
+        rate = (
+            f" ({self.lines_read / shipping:,.0f} lines/s over {shipping:.1f} s of shipping)"
+            if shipping is not None and shipping >= MIN_RATE_SECONDS
+            else ""
+        )
         lines = [
             (
                 f"tf-ship: {self.stop_reason}; read {self.lines_read} lines of {self.log_file} "
-                f"in {self.elapsed:.2f} s ({rate:,.0f} lines/s), skipped {skipped}"
+                f"in {self.elapsed:.2f} s{rate}, skipped {skipped}"
             ),
         ]
         lines.extend(
@@ -130,7 +142,7 @@ class ShipReport:
             lines.append(line)
             if stats.view_hint and stats.events:
                 lines.append(f"    look at it: {stats.view_hint}")
-        return "\n".join(lines)
+        return redact("\n".join(lines))
 
 
 class Shipper:
@@ -160,6 +172,7 @@ class Shipper:
         self.state = None if state_file is None else StateStore(Path(state_file))
         self._workers: list[BackendWorker] = []
         self._save_lock = threading.Lock()
+        self._abandoned: str | None = None
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -175,9 +188,14 @@ class Shipper:
             self.control.outcome.setdefault("status", status)
         self.control.drain.set()
 
+    def abandon(self, reason: str) -> None:
+        """Stop at once, without waiting for the backends: those still busy fail."""
+        self._abandoned = reason
+        self.request_stop(reason)
+
     def install_signal_handlers(self) -> None:
-        """SIGINT/SIGTERM: first one stops cleanly, a second one exits at once."""
-        install_stop_handlers(self.request_stop)
+        """SIGINT/SIGTERM: the first stops cleanly, a second abandons, a third exits at once."""
+        install_stop_handlers(self.request_stop, abandon=self.abandon)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -186,12 +204,15 @@ class Shipper:
         started = self._started = time.monotonic()
         workers: list[BackendWorker] = []
         try:
-            if self._wait_for_log():
+            if not self.control.stop.is_set() and self._wait_for_log():
                 workers = self._start_workers()
                 self._supervise(workers)
         finally:
             if self.options.progress is not None:
                 self.options.progress.close()
+        failed = [worker.stats.name for worker in workers if worker.stats.failed]
+        if failed and len(failed) == len(workers) and self._stop_reason is None:
+            self._stop_reason = "every backend failed" if len(failed) > 1 else "the backend failed"
         return ShipReport(
             self.log_file,
             self.monitor.lines_read,
@@ -199,6 +220,7 @@ class Shipper:
             [worker.stats for worker in workers],
             time.monotonic() - started,
             self._stop_reason or "end of log",
+            _shipping_seconds([worker.stats for worker in workers]),
         )
 
     def _wait_for_log(self) -> bool:
@@ -207,7 +229,10 @@ class Shipper:
             return True
         limit = options.wait if options.wait is not None else (None if options.follow else 0.0)
         if limit == 0.0:
-            msg = f"{self.log_file} does not exist"
+            msg = (
+                f"{self.log_file} does not exist (with --no-follow tf-ship does not wait for it: "
+                "--wait SECONDS waits that long for it to appear)"
+            )
             raise LogNotFoundError(msg)
         what = self.log_file if self.log_file.parent.is_dir() else self.log_file.parent
         logger.info("waiting for %s to appear%s", what, f" (up to {limit:g} s)" if limit else "")
@@ -217,7 +242,7 @@ class Shipper:
             if self.control.stop.is_set() or self.control.drain.is_set():
                 return False
             if deadline is not None and time.monotonic() >= deadline:
-                msg = f"{self.log_file} did not appear within {limit:g} s"
+                msg = f"{self.log_file} did not appear within {limit:g} s (--wait {limit:g})"
                 raise LogNotFoundError(msg)
             self.control.stop.wait(interval)
             interval = min(interval * 1.5, options.poll_interval)
@@ -243,9 +268,10 @@ class Shipper:
         settings = self.options.worker_settings()
         saved = self._saved_state()
         workers = []
+        run_name = self.options.run_name or default_run_name(self.log_file)
         for name, backend in self.backends:
             state = saved.get(name, BackendState())
-            run = RunInfo(logdir, self.log_file, self.options.run_name, state.resume)
+            run = RunInfo(logdir, self.log_file, run_name, state.resume)
             workers.append(
                 BackendWorker(
                     name,
@@ -326,6 +352,7 @@ class Shipper:
 
     def _progress(self, workers: list[BackendWorker]) -> Snapshot:
         signature = _file_signature(self.log_file)
+        now = time.monotonic()
         return Snapshot(
             elapsed=time.monotonic() - self._started,
             size=0 if signature is None else signature[1],
@@ -339,40 +366,46 @@ class Shipper:
                     worker.stats.retries,
                     failed=worker.stats.error is not None,
                     lag_seconds=worker.lag_seconds(),
+                    waiting=worker.stats.waiting,
+                    retry_in=worker.stats.retry_at - now,
                 )
                 for worker in workers
             ],
         )
 
     def _join(self, workers: list[BackendWorker], timeout: float) -> None:
+        """Wait for the workers up to `timeout` seconds, or until `abandon` is called."""
         deadline = time.monotonic() + timeout
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+        while self._abandoned is None and time.monotonic() < deadline:
+            alive = [worker for worker in workers if worker.is_alive()]
+            if not alive:
+                return
+            alive[0].join(min(0.1, max(0.0, deadline - time.monotonic())))
         for worker in workers:
             if worker.is_alive():
-                worker.stats.error = f"did not finish within the shutdown timeout ({timeout:g} s)"
+                worker.stats.error = (
+                    f"{self._abandoned} while busy"
+                    if self._abandoned is not None
+                    else f"did not finish within the shutdown timeout ({timeout:g} s, "
+                    "--shutdown-timeout)"
+                )
                 worker.stats.status = RunStatus.FAILED
+                worker.stats.waiting = None
                 logger.error("backend %s %s", worker.stats.name, worker.stats.error)
 
 
-def install_stop_handlers(stop: Callable[[str], None], doing: str = "finishing") -> None:
-    """SIGINT/SIGTERM call `stop(reason)` once; a second signal exits at once (128 + signal).
+def default_run_name(log_file: Path) -> str:
+    """The runs' name when none is given: the log directory's name (``run1`` for run1/)."""
+    return Path(log_file).resolve().parent.name or "torchfort"
 
-    Call from the main thread: Python runs signal handlers there only.
-    """
-    received = 0
 
-    def handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-        nonlocal received
-        received += 1
-        name = signal.Signals(signum).name
-        if received > 1:
-            os._exit(128 + signum)
-        logger.warning("%s received: %s (send it again to exit at once)", name, doing)
-        stop(f"stopped by {name}")
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+def _shipping_seconds(backends: Sequence[BackendStats]) -> float | None:
+    """From the first open run to the last end of shipping; None when no backend shipped."""
+    opened = [stats.opened_at for stats in backends if stats.opened_at is not None]
+    done = [stats.done_at for stats in backends if stats.done_at is not None]
+    if not opened or not done:
+        return None
+    return max(0.0, max(done) - min(opened))
 
 
 def _file_signature(path: Path) -> tuple[int, int] | None:

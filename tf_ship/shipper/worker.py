@@ -33,16 +33,20 @@ from typing import Any, Generic, TypeVar, cast
 import attrs
 
 from tf_ship.backends.base import Backend, FatalBackendError, PermanentBackendError
+from tf_ship.redaction import redact, redact_json
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import MetricEvent, RunInfo, RunStatus
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.parse import LineParser
+from tf_ship.shipper.reasons import full_text, one_line, short_reason, unfixable
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState
 from tf_ship.shipper.tail import Chunk, Cursor, Tailer
 
 logger = logging.getLogger("tf_ship")
+details = logging.getLogger("tf_ship.details")
+"""The whole text of errors that the main log only names (shown with ``-v``)."""
 T = TypeVar("T")
 DEFAULT_BATCH_SIZE = 1000
 """Events per batch unless the user or the backend (`preferred_batch_size`) says otherwise."""
@@ -90,7 +94,7 @@ class _Call(Generic[T]):
         """The call's result or exception; `CallTimeoutError` if it is still running."""
         if not self._done.wait(timeout):
             elapsed = time.monotonic() - self._queued
-            msg = f"no answer after {elapsed:.1f} s (call timeout {timeout:g} s)"
+            msg = f"no answer after {elapsed:.1f} s, --call-timeout {timeout:g}"
             raise CallTimeoutError(msg)
         if self._error is not None:
             raise self._error
@@ -230,17 +234,24 @@ class BackendWorker(threading.Thread):
         """Open, ship until told to stop or the log ends, close with the right status."""
         try:
             self._retrying("open the run", lambda: self.backend.open(self.run_info))
+            self.stats.opened_at = time.monotonic()
             self._retrying("save the state", lambda: self._checkpoint(required=True))
             self._loop()
+            self.stats.done_at = time.monotonic()
         except BackendFailedError as error:
-            self.stats.error = str(error)
-        except Exception as error:
-            self.stats.error = f"{type(error).__name__}: {error}"
-            logger.exception("backend %s stopped by an unexpected error", self.stats.name)
+            self._fail(str(error))
+        except BaseException as error:  # noqa: BLE001 - whatever ends the thread fails the backend
+            self._fail(f"stopped by an unexpected error: {one_line(error)}")
+            details.info("backend %s", self.stats.name, exc_info=error)
         finally:
             self._close()
             if self._caller is not None:
                 self._caller.shut()
+
+    def _fail(self, reason: str) -> None:
+        self.stats.error = redact(reason)
+        self.stats.waiting = None
+        logger.error("backend %s failed: %s", self.stats.name, self.stats.error)
 
     def snapshot(self) -> BackendState:
         """The last consistent cursor and run facts: everything before the cursor was flushed."""
@@ -256,7 +267,9 @@ class BackendWorker(threading.Thread):
         resume_state = getattr(self.backend, "resume_state", None)
         if callable(resume_state):
             self.resume = dict(resume_state())
-        self._snapshot = BackendState(self.cursor, self.resume, self.segments.to_json())
+        self._snapshot = BackendState(
+            self.cursor, redact_json(self.resume), redact_json(self.segments.to_json())
+        )
         if not save or self._save is None:
             return
         try:
@@ -275,9 +288,10 @@ class BackendWorker(threading.Thread):
             status = self.control.outcome.get("status", RunStatus.FINISHED)
         try:
             self._close_backend(status)
-        except Exception as error:  # noqa: BLE001 - reported, never raised to other backends
-            logger.warning("backend %s failed to close its run: %s", self.stats.name, error)
-            self.stats.error = self.stats.error or f"close failed: {error}"
+        except BaseException as error:  # noqa: BLE001 - reported, never raised to other backends
+            reason = one_line(error, limit=200)
+            logger.warning("backend %s failed to close its run: %s", self.stats.name, reason)
+            self.stats.error = self.stats.error or redact(f"close failed: {reason}")
             status = RunStatus.FAILED
         finally:
             self.stats.status = status
@@ -290,9 +304,9 @@ class BackendWorker(threading.Thread):
             return None
         try:
             text = hint()
-        except Exception:  # noqa: BLE001 - a hint is never worth a failure
+        except BaseException:  # noqa: BLE001 - a hint is never worth a failure
             return None
-        return str(text) if text else None
+        return redact(str(text)) if text else None
 
     def _loop(self) -> None:
         settings = self.settings
@@ -545,9 +559,10 @@ class BackendWorker(threading.Thread):
         The backend is never called twice at once: the next attempt waits again for the same
         call (up to the call timeout) and takes its result if it returned meanwhile, or makes the
         call anew if it raised. A call still running when the policy gives up (or a stop comes)
-        is abandoned on its daemon thread, and the backend fails.
+        is abandoned on its daemon thread, and the backend fails. An error that another attempt
+        cannot fix (`reasons.unfixable`: a missing package, a programming error, an interrupt or
+        exit raised inside the SDK) fails the backend at once.
         """
-        policy = self.settings.retry
         timeout = self.settings.call_timeout
         first_failure: float | None = None
         attempt = 0
@@ -555,36 +570,85 @@ class BackendWorker(threading.Thread):
         while True:
             try:
                 if timeout <= 0:
-                    return call()
-                pending = pending or self._submit(what, call)
-                return pending.wait(timeout)
+                    result = call()
+                else:
+                    pending = pending or self._submit(what, call)
+                    result = pending.wait(timeout)
             except PermanentBackendError:
                 raise
             except FatalBackendError as error:
                 msg = f"could not {what}: {error}"
                 raise BackendFailedError(msg) from error
-            except Exception as error:
+            except BaseException as error:  # noqa: BLE001 - an SDK may raise KeyboardInterrupt
                 if pending is not None and not pending.running():
                     pending = None  # it raised: the next attempt calls again
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
+                if first_failure is None:
+                    first_failure = time.monotonic()  # retrying is bounded from here on
                 attempt += 1
-                self.stats.retries += 1
-                if self.control.stop.is_set() or now - first_failure >= policy.give_up_after:
-                    self._stuck = pending
-                    msg = f"could not {what}: {type(error).__name__}: {error}"
-                    raise BackendFailedError(msg) from error
-                delay = policy.delay(attempt)
-                logger.warning(
-                    "backend %s could not %s (%s: %s); retry %d in %.1f s",
-                    self.stats.name,
-                    what,
-                    type(error).__name__,
-                    error,
-                    attempt,
-                    delay,
+                self._after_failure(what, error, attempt, first_failure, pending)
+            else:
+                if attempt:
+                    self.stats.waiting = None
+                    logger.info(
+                        "backend %s: %s worked after %d retries", self.stats.name, what, attempt
+                    )
+                return result
+
+    def _after_failure(
+        self,
+        what: str,
+        error: BaseException,
+        attempt: int,
+        first_failure: float,
+        pending: _Call[Any] | None,
+    ) -> None:
+        """Report a failed attempt and wait before the next; raise when there is none."""
+        policy = self.settings.retry
+        name = self.stats.name
+        details.info("backend %s could not %s: %s", name, what, full_text(error))
+        if unfixable(error):
+            self._stuck = pending
+            details.info("backend %s", name, exc_info=error)
+            msg = f"could not {what}: {_unfixable_reason(error)}"
+            raise BackendFailedError(msg) from error
+        self.stats.retries += 1
+        reason = short_reason(error)
+        now = time.monotonic()
+        if self.control.stop.is_set() or now - first_failure >= policy.give_up_after:
+            self._stuck = pending
+            if self.control.stop.is_set():
+                msg = f"could not {what}: {reason} (stopped while retrying)"
+            else:
+                msg = (
+                    f"could not {what}: {reason}, for {now - first_failure:.0f} s "
+                    f"(--retry-timeout {policy.give_up_after:g})"
                 )
-                self.control.stop.wait(delay)
+            raise BackendFailedError(msg) from error
+        # the last attempt comes when the retry timeout is up, not a backoff step after it
+        delay = min(policy.delay(attempt), policy.give_up_after - (now - first_failure))
+        self.stats.waiting = reason
+        self.stats.retry_at = now + delay
+        if attempt == 1:
+            logger.warning(
+                "backend %s could not %s (%s): retrying for up to %s (--retry-timeout %g), "
+                "next in %.1f s",
+                name,
+                what,
+                reason,
+                _seconds(policy.give_up_after),
+                policy.give_up_after,
+                delay,
+            )
+        else:
+            logger.warning(
+                "backend %s could not %s (%s): retry %d in %.1f s",
+                name,
+                what,
+                reason,
+                attempt,
+                delay,
+            )
+        self.control.stop.wait(delay)
 
     def _close_backend(self, status: RunStatus) -> None:
         """Close the backend's run, within the call timeout; never while another call runs.
@@ -611,3 +675,24 @@ class BackendWorker(threading.Thread):
         if self._caller is None:
             self._caller = _Caller(f"{self.name}-calls")
         return self._caller.submit(what, call)
+
+
+def _seconds(seconds: float) -> str:
+    """``10 min`` for long spans, ``8 s`` for short ones."""
+    if seconds >= 120:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:g} s"
+
+
+def _unfixable_reason(error: BaseException) -> str:
+    """Why another attempt would fail the same way, in one line."""
+    if isinstance(error, KeyboardInterrupt):
+        return (
+            "the backend raised KeyboardInterrupt (an SDK waiting for input that cannot come?); "
+            "not retried"
+        )
+    if isinstance(error, SystemExit):
+        return f"the backend called sys.exit({error.code!r}); not retried"
+    if not isinstance(error, Exception):
+        return f"the backend raised {one_line(error)}; not retried"
+    return f"{one_line(error, limit=160)} (retrying cannot fix this)"
