@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from tf_ship.cli_options import EXIT_FAILURE, apply, ship_request, shipping_options
+from tf_ship.cli_options import EXIT_FAILURE, StartupError, apply, ship_request, shipping_options
 
 logger = logging.getLogger("tf_ship.run")
 
@@ -352,6 +352,16 @@ def _start(command: Sequence[str], env: dict[str, str], made: Path | None) -> Ap
         sys.exit(EXIT_CANNOT_EXECUTE)
 
 
+def _check_writable(folder: Path) -> None:
+    """Refuse at once when the default log folder cannot be made."""
+    from tf_ship.shipper.places import write_problem  # noqa: PLC0415
+
+    problem = write_problem(folder)
+    if problem is not None:
+        msg = f"cannot make a log folder in {folder.absolute()} ({problem}): give --logdir DIR"
+        raise StartupError(msg)
+
+
 def _check_target(follow_pid: int | None, command: Sequence[str], logdir: str | None) -> None:
     if follow_pid is not None and command:
         msg = "give either --follow-pid PID or a command to run, not both"
@@ -406,6 +416,7 @@ def _run(
     made = None
     if follow_pid is None:
         if log_dir is None:
+            _check_writable(Path(RUNS_DIR))
             log_dir = made = fresh_logdir(Path(RUNS_DIR))
         elif not log_dir.is_dir():
             # made first: TorchFort writes no config file into a folder that does not exist

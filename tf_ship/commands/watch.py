@@ -413,9 +413,14 @@ class Watcher:
     def _start(self, log: WatchedLog) -> None:
         request = self.request_for(log)
         fresh = bool(request.params["fresh"]) and not log.reports
-        options = request.ship_options(  # no progress line per log: they would mix on stderr
-            log.log_file, run_name=self._run_name(log), wait=0.0, fresh=fresh, progress=None
-        )
+        try:
+            options = request.ship_options(  # no progress line per log: they would mix
+                log.log_file, run_name=self._run_name(log), wait=0.0, fresh=fresh, progress=None
+            )
+        except click.ClickException as error:  # no place for its state: this log only
+            logger.error("cannot ship %s: %s", log.log_file, error.format_message())  # noqa: TRY400 - said in full
+            log.phase, log.error = Phase.FAILED, error.format_message()
+            return
         try:
             shipper = Shipper(log.log_file, request.build_backends(), options)
         except Exception as error:  # a backend that cannot be made fails this log only
