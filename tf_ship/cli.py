@@ -18,6 +18,7 @@ import click
 from tf_ship import __version__
 from tf_ship.cli_options import (
     EXIT_FAILURE,
+    StartupError,
     apply,
     finish,
     ship_request,
@@ -97,6 +98,7 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
     path = _resolve_log_file(logdir, log_file, example=example)
     built = request.build_backends()
 
+    from tf_ship.shipper.lock import LockError  # noqa: PLC0415
     from tf_ship.shipper.ship import LogNotFoundError, Shipper  # noqa: PLC0415
 
     overrides = {"state_file": None} if example and not request.params["state_file"] else {}
@@ -107,6 +109,8 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
     except LogNotFoundError as error:
         click.echo(f"tf-ship: error: {error}", err=True)
         sys.exit(EXIT_FAILURE)
+    except LockError as error:
+        raise StartupError(str(error)) from error
     finish(report, quiet=request.quiet)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from tf_ship.cli_options import EXIT_FAILURE, StartupError, apply, ship_request, shipping_options
+from tf_ship.shipper.lock import LockError, release_held_locks
 
 logger = logging.getLogger("tf_ship.run")
 
@@ -205,6 +206,7 @@ class Session:
         name = signal.Signals(signum).name
         if self.application is None:
             if self._signals > 1:
+                release_held_locks()
                 os._exit(128 + signum)
             logger.warning("%s received: finishing (send it again to exit at once)", name)
             self.shipper.request_stop(f"stopped by {name}")
@@ -212,6 +214,7 @@ class Session:
             self._ended.set()
             return
         if self._signals > 2:
+            release_held_locks()
             os._exit(128 + signum)
         if signum == signal.SIGINT and terminal_signals_our_group():
             passed = "the application got it from the terminal too"
@@ -342,6 +345,7 @@ def _start(command: Sequence[str], env: dict[str, str], made: Path | None) -> Ap
     try:
         return Application(command, env)
     except OSError as error:
+        release_held_locks()  # about to exit: the lock must not keep `made` from going
         if made is not None:
             with contextlib.suppress(OSError):
                 made.rmdir()
@@ -427,13 +431,21 @@ def _run(
     assert log_dir is not None  # noqa: S101 - checked above
     log_file = log_dir / LOG_NAME
     shipper = Shipper(log_file, built, request.ship_options(log_file))
+    try:  # before the application starts: a second shipper of this log must not start it
+        shipper.take_lock()
+    except LockError as error:
+        raise StartupError(str(error)) from error
     follow = bool(request.params["follow"])
     if follow_pid is None:
         session = Session(shipper, start=lambda: _start(command, env, made), follow=follow)
     else:
         logger.info("following the application with pid %d", follow_pid)
         session = Session(shipper, follow_pid=follow_pid, follow=follow)
-    session.run()
+    try:
+        session.run()
+    finally:
+        if shipper.lock is not None:
+            shipper.lock.release()
     if session.error is not None:
         click.echo(f"tf-ship: error: {session.error}", err=True)
     report = session.report

@@ -16,6 +16,7 @@ import attrs
 from tf_ship.backends.base import Backend
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
+from tf_ship.shipper.lock import StateLock, release_held_locks
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
 from tf_ship.shipper.segments import OnRestart, Segments
@@ -158,6 +159,7 @@ class Shipper:
         self._started = time.monotonic()
         state_file = self.options.state_file
         self.state = None if state_file is None else StateStore(Path(state_file))
+        self.lock = None if state_file is None else StateLock(Path(state_file), self._lost_lock)
         self._workers: list[BackendWorker] = []
         self._save_lock = threading.Lock()
 
@@ -182,14 +184,21 @@ class Shipper:
     # -- running ------------------------------------------------------------------------------
 
     def run(self) -> ShipReport:
-        """Wait for the log, ship it, return the report."""
+        """Wait for the log, ship it, return the report.
+
+        Raises `LockHeldError` when another process ships with the same state file.
+        """
         started = self._started = time.monotonic()
         workers: list[BackendWorker] = []
         try:
+            self.take_lock(wait_for_folder=True)
             if self._wait_for_log():
+                self.take_lock()
                 workers = self._start_workers()
                 self._supervise(workers)
         finally:
+            if self.lock is not None:
+                self.lock.release()
             if self.options.progress is not None:
                 self.options.progress.close()
         return ShipReport(
@@ -200,6 +209,24 @@ class Shipper:
             time.monotonic() - started,
             self._stop_reason or "end of log",
         )
+
+    def take_lock(self, *, wait_for_folder: bool = False) -> None:
+        """Lock the state file (see `tf_ship.shipper.lock`); raises `LockHeldError` when held.
+
+        With `wait_for_folder`, a state file whose folder does not exist yet (a log directory
+        still to appear) is locked later, by `run`, once the log is there.
+        """
+        if self.lock is None or self.lock.held:
+            return
+        if wait_for_folder and not self.lock.path.parent.is_dir():
+            return
+        self.lock.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+
+    def _lost_lock(self, reason: str) -> None:
+        """Another process took the state over: stop, and write the state no more."""
+        self.state = None
+        self.request_stop(reason)
 
     def _wait_for_log(self) -> bool:
         options = self.options
@@ -367,6 +394,7 @@ def install_stop_handlers(stop: Callable[[str], None], doing: str = "finishing")
         received += 1
         name = signal.Signals(signum).name
         if received > 1:
+            release_held_locks()
             os._exit(128 + signum)
         logger.warning("%s received: %s (send it again to exit at once)", name, doing)
         stop(f"stopped by {name}")
