@@ -281,7 +281,9 @@ def shipping_options() -> list[Decorator]:
             "--state-file",
             metavar="FILE",
             envvar=_env("state_file"),
-            help="Where to keep the state [default: LOGDIR/.tf-ship-state.json].",
+            help="Where to keep the state [default: LOGDIR/.tf-ship-state.json; a file in "
+            "~/.local/state/tf-ship/ when LOGDIR cannot be written]. One shipper at a time: "
+            "a second one of the same state exits 2.",
         ),
         click.option(
             "--fresh",
