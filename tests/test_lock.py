@@ -123,8 +123,8 @@ def test_a_gone_holder_on_this_host_is_taken_over(
         lock.acquire()
     try:
         assert lock.owned()
-        assert re.search(rf"took over the lock {re.escape(str(lock.path))} \(host .*: {reason}\)",
-                         caplog.text)  # fmt: skip
+        path = re.escape(str(lock.path))
+        assert re.search(rf"took over the lock {path} from host .* \({reason}\)", caplog.text)
     finally:
         lock.release()
     assert not lock.path.exists()
@@ -386,10 +386,10 @@ def test_a_sigkilled_shippers_lock_is_taken_over(tmp_path: Path) -> None:
     result = in_terminal([*command, "--no-follow"], timeout=120)
     assert result.returncode == 0, result.stdout
     assert (
-        f"took over the lock {logdir}/.tf-ship-state.json.lock (host {HOST}, PID {follower.pid}, "
-        f"since " in result.stdout
+        f"took over the lock {logdir}/.tf-ship-state.json.lock from host {HOST}, PID "
+        f"{follower.pid}, since " in result.stdout
     )
-    assert f"process {follower.pid} no longer runs)" in result.stdout
+    assert f" (process {follower.pid} no longer runs)" in result.stdout
     assert jsonl_steps(out) == list(range(40_000))
     assert not (logdir / ".tf-ship-state.json.lock").exists()
 

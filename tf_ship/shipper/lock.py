@@ -280,7 +280,7 @@ class StateLock:
                 mutex.unlink()
         if won:
             who = holder.describe() if holder is not None else "an unreadable lock file"
-            logger.info("took over the lock %s (%s: %s)", self.path, who, reason)
+            logger.info("took over the lock %s from %s (%s)", self.path.absolute(), who, reason)
         return won
 
     def _replace(self) -> None:
@@ -326,7 +326,7 @@ class StateLock:
         with _HELD_LOCK:
             _HELD.discard(self)
         self._held = False
-        message = f"lost the lock {self.path}: {reason}"
+        message = f"lost the lock {self.path.absolute()}: {reason}"
         logger.error("%s", message)
         if self.on_lost is not None:
             self.on_lost(message)
