@@ -434,3 +434,32 @@ def test_a_second_signal_exits_at_once_and_still_releases_the_lock(tmp_path: Pat
             shipper.kill()
             shipper.wait()
     assert not lock.exists()
+
+
+def test_run_refuses_a_held_log_before_starting_the_application(tmp_path: Path) -> None:
+    """``tf-ship run --logdir D -- app`` while another tf-ship ships D: exit 2, no app started."""
+    logdir = tmp_path / "logdir"
+    write_log(logdir, 10)
+    holder = subprocess.Popen(
+        [*TF_SHIP, "--logdir", str(logdir), "-b", "null"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+    marker = tmp_path / "started"
+    try:
+        wait_for((logdir / ".tf-ship-state.json.lock").exists, "the holder's lock")
+        result = in_terminal(
+            [*TF_SHIP, "run", "--logdir", str(logdir), "-b", "null", "--", "touch", str(marker)]
+        )
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(60)
+    assert result.returncode == 2, result.stdout
+    shown = screen(result.stdout)
+    assert shown[:-1] == [f"tf-ship: TorchFort log folder: {logdir}"]
+    line = shown[-1]
+    assert line.startswith(f"tf-ship: error: another tf-ship ships this log (host {HOST}, PID ")
+    assert f"PID {holder.pid}, since " in line
+    assert not marker.exists()

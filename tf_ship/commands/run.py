@@ -432,7 +432,7 @@ def _run(
     log_file = log_dir / LOG_NAME
     shipper = Shipper(log_file, built, request.ship_options(log_file))
     try:  # before the application starts: a second shipper of this log must not start it
-        shipper.take_lock()
+        shipper.take_lock(wait_for_folder=True)
     except LockError as error:
         raise StartupError(str(error)) from error
     follow = bool(request.params["follow"])

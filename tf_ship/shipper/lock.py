@@ -84,7 +84,7 @@ class Holder:
     def describe(self) -> str:
         """``host H, PID P, since HH:MM:SS`` (the date too when not today)."""
         since = time.localtime(self.since)
-        today = time.localtime().tm_yday == since.tm_yday
+        today = time.strftime("%Y-%m-%d", since) == time.strftime("%Y-%m-%d")
         when = time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", since)
         return f"host {self.host}, PID {self.pid}, since {when}"
 
