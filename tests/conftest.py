@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = ["mlflow_server"]
+pytest_plugins: list[str] = ["mlflow_server", "read_only"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +34,28 @@ def wait_for(condition: Callable[[], bool], what: str = "condition", timeout: fl
             pytest.fail(f"{what}: not within {timeout:g} s")
         time.sleep(interval)  # polling with a deadline, not a synchronisation sleep
         interval = min(interval * 1.5, 0.25)
+
+
+def in_terminal(
+    command: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` under a pseudo-terminal (``script``), standard input closed.
+
+    Returns what the user sees (``stdout``: the terminal's output, standard error included,
+    line ends as written) and the command's exit code.
+    """
+    return subprocess.run(
+        ["script", "-qec", shlex.join(command), "/dev/null"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        timeout=timeout,
+        check=False,
+    )

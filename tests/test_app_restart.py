@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -344,16 +345,25 @@ def _started(run: Any) -> tuple[int, str]:
 
 
 def tensorboard_runs(root: Path) -> list[TrackerRun]:
-    """Each run directory under ``tb`` with the scalars of its model folders."""
+    """The first run (``tb/exp``), then each restart (``tb/exp/restart<N>``), with their scalars.
+
+    Nothing lies beside ``tb/exp``.
+    """
+    tb = root / "tb"
+    assert [p.name for p in tb.iterdir()] == ["exp"]
+    restarts = sorted(
+        (p for p in (tb / "exp").iterdir() if re.fullmatch(r"restart[0-9]+", p.name)),
+        key=lambda p: int(p.name.removeprefix("restart")),
+    )
     found = []
-    for directory in sorted((root / "tb").iterdir()):
+    for directory in [tb / "exp", *restarts]:
         keys: list[Key] = []
-        for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p not in restarts):
             accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
             accumulator.Reload()
             for tag in accumulator.Tags()["scalars"]:
                 keys.extend((folder.name, tag, s.step, s.value) for s in accumulator.Scalars(tag))
-        found.append(TrackerRun(directory.name, None, None, keys))
+        found.append(TrackerRun(directory.relative_to(tb).as_posix(), None, None, keys))
     return found
 
 
@@ -425,10 +435,10 @@ def test_mlflow_gets_a_child_run_for_the_restart(two_runs: Path) -> None:
     assert client.get_run(second.name).data.params["mymodel.optimizer.parameters.learning_rate"]
 
 
-def test_tensorboard_gets_a_sibling_directory_for_the_restart(two_runs: Path) -> None:
-    """``exp`` holds the first application run, ``exp-restart1`` the second."""
+def test_tensorboard_puts_the_restart_under_the_named_directory(two_runs: Path) -> None:
+    """``exp`` holds the first application run, ``exp/restart1`` the second."""
     first, second = tensorboard_runs(two_runs)
-    assert (first.name, second.name) == ("exp", "exp-restart1")
+    assert (first.name, second.name) == ("exp", "exp/restart1")
     assert same(FIRST, first.events)
     assert same(SECOND, second.events)
 
@@ -522,7 +532,7 @@ def test_a_shipper_killed_in_the_second_run_continues_it(tmp_path: Path) -> None
         True,
         True,
     ]
-    assert [r.name for r in tensorboard_runs(tmp_path)] == ["exp", "exp-restart1"]
+    assert [r.name for r in tensorboard_runs(tmp_path)] == ["exp", "exp/restart1"]
     first_w, second_w = wandb_runs(tmp_path)
     assert same(FIRST, first_w.events)
     assert same(SECOND, second_w.events)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import subprocess
 import sys
 import types
@@ -488,3 +489,129 @@ def test_a_removed_event_file_stops_the_backend(tmp_path):
     with pytest.raises(FatalBackendError, match="removed"):
         backend.flush()
     backend.close(RunStatus.FAILED)
+
+
+# -- application restarts and the view hint ---------------------------------------------------
+
+
+def tensorboard_run_names(directory: Path) -> list[str]:
+    """The runs TensorBoard shows for ``tensorboard --logdir directory``, as it names them."""
+    multiplexer = pytest.importorskip(
+        "tensorboard.backend.event_processing.plugin_event_multiplexer"
+    ).EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(directory))
+    return sorted(multiplexer.Runs())
+
+
+def test_a_restart_goes_under_the_named_directory(tmp_path, monkeypatch):
+    """``--on-restart new-run``: the first run in DIR/<model>, the restart in DIR/restart1.
+
+    Nothing lies beside DIR, and the view hint shows DIR, where TensorBoard lists both runs.
+    """
+    monkeypatch.chdir(tmp_path)
+    logdir = tmp_path / "logdir"
+    write_log(
+        logdir,
+        [metric_line("m", step, "loss", str(step)) for step in (1, 2, 3)]
+        + [metric_line("m", step, "loss", str(10 * step)) for step in (1, 2)],
+    )
+    backend = TensorBoardBackend(directory="tbout")
+    report = tf_ship.ship(logdir, {"tb": backend}, on_restart="new-run")
+    assert report.ok, report.summary()
+    tbout = tmp_path / "tbout"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logdir", "tbout"]
+    assert read_scalars(tbout / "m") == {"loss": [(1, 1.0), (2, 2.0), (3, 3.0)]}
+    assert read_scalars(tbout / "restart1" / "m") == {"loss": [(1, 10.0), (2, 20.0)]}
+    assert tensorboard_run_names(tbout) == ["m", "restart1/m"]
+    hint = backend.view_hint()
+    assert hint is not None
+    assert hint.endswith(f" --logdir {tbout}")
+
+
+def test_a_model_named_like_a_restart_folder_gets_a_folder_of_its_own(tmp_path):
+    """A model called ``restart1`` in the first run does not take the first restart's folder."""
+    backend = opened_backend(tmp_path / "tb", tmp_path)
+    backend.log_metrics([MetricEvent("restart1", "loss", 1, 1.0)])
+    backend.close(RunStatus.FINISHED)
+    (folder,) = (tmp_path / "tb").iterdir()
+    assert folder.name.startswith("restart1~")
+    assert read_scalars(folder) == {"loss": [(1, 1.0)]}
+
+
+def test_a_restart_of_the_layout_before_keeps_its_directory(tmp_path):
+    """A saved restart run in a sibling ``DIR-restart1`` (the layout before) goes on there.
+
+    Its view hint shows both siblings; the next restart goes under DIR.
+    """
+    tbout, sibling = tmp_path / "tbout", tmp_path / "tbout-restart1"
+    first = TensorBoardBackend(tbout)
+    first.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+    first.log_metrics([MetricEvent("m", "loss", 5, 5.0)])
+    first.close(RunStatus.FINISHED)
+    old = TensorBoardBackend(tbout)
+    old.open(RunInfo(tmp_path, tmp_path / "torchfort.log", state={"directory": str(sibling)},
+                     segment=1, first_run={"directory": str(tbout)}))  # fmt: skip
+    old.log_metrics([MetricEvent("m", "loss", 1, 1.0)])
+    old.close(RunStatus.FINISHED)
+    assert read_scalars(sibling / "m") == {"loss": [(1, 1.0)]}
+    assert (old.view_hint() or "").endswith(f" --logdir {tmp_path}")
+    later = TensorBoardBackend(tbout)
+    later.open(RunInfo(tmp_path, tmp_path / "torchfort.log", segment=2,
+                       first_run={"directory": str(tbout)}))  # fmt: skip
+    later.log_metrics([MetricEvent("m", "loss", 1, 2.0)])
+    later.close(RunStatus.FINISHED)
+    assert read_scalars(tbout / "restart2" / "m") == {"loss": [(1, 2.0)]}
+    assert (later.view_hint() or "").endswith(f" --logdir {tbout}")
+
+
+def run_hint(hint: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a view hint as printed (in a shell), with ``--inspect`` so that TensorBoard exits."""
+    return subprocess.run(  # noqa: S602 - the hint is a shell command line, as printed
+        hint + " --inspect", shell=True, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def test_the_view_hint_runs_as_printed(tmp_path, monkeypatch):
+    """``tensorboard`` on the PATH: its name; only beside this Python: its path; both run.
+
+    Not installed: how to install it first, into this Python's environment.
+    """
+    from tf_ship.backends.tensorboard import tensorboard_command  # noqa: PLC0415
+
+    bindir = Path(sys.executable).parent
+    if not (bindir / "tensorboard").is_file():
+        pytest.skip("tensorboard is not installed beside this Python")
+    backend = opened_backend(tmp_path / "tb dir", tmp_path)
+    backend.log_metrics([MetricEvent("m", "loss", 1, 1.0)])
+    backend.close(RunStatus.FINISHED)
+    shown = tmp_path / "tb dir"
+    quoted = f"'{shown}'"
+
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    hint = backend.view_hint()
+    assert hint == f"tensorboard --logdir {quoted}"
+    result = run_hint(hint, dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert "Found event files in:" in result.stdout
+    assert f"{shown}/m" in result.stdout
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    hint = backend.view_hint()
+    assert hint == f"{bindir / 'tensorboard'} --logdir {quoted}"
+    result = run_hint(hint, dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert f"{shown}/m" in result.stdout
+
+    elsewhere = tmp_path / "env" / "bin"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(elsewhere / "python"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert tensorboard_command(shown) == (
+        f"{elsewhere / 'python'} -m pip install tensorboard && {elsewhere / 'tensorboard'} "
+        f"--logdir {quoted}"
+    )
+    (elsewhere / "pip").write_text("#!/bin/sh\n")
+    (elsewhere / "pip").chmod(0o755)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    assert tensorboard_command(shown) == f"pip install tensorboard && tensorboard --logdir {quoted}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import TF_SHIP, clean_env, wait_for
+from support import TF_SHIP, clean_env, in_terminal, wait_for
 
 from tf_ship.commands.watch import find_log_dirs, folder_name
 
@@ -316,3 +318,58 @@ def test_symlinked_folder_ships_once(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["alias.jsonl"]
     same_once(jsonl_events(out / "alias.jsonl"), events)
+
+
+# -- a log another process ships ------------------------------------------------------------------
+
+
+def test_a_log_another_process_ships_is_skipped_and_said_once(tmp_path):
+    """Watch skips a log that a running tf-ship holds, says so once, and ships the others.
+
+    In a terminal with --no-follow: the log is named with its holder (host and PID), exit 0.
+    With --follow it takes the log up once its holder has ended, without saying it again.
+    """
+    root, out, err = tmp_path / "sweep", tmp_path / "out", tmp_path / "stderr.txt"
+    expected = {"a": write_log(root / "a", 1, range(40)), "b": write_log(root / "b", 2, range(30))}
+    holder = subprocess.Popen(
+        [*TF_SHIP, "--logdir", str(root / "a"), "-b", "null"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+    watch = None
+    try:
+        wait_for((root / "a" / ".tf-ship-state.json.lock").exists, "the holder's lock")
+        args = [str(root), "--backend", "jsonl", "--jsonl-path", str(out)]
+        once = in_terminal([*TF_SHIP, "watch", *args, "--no-follow"])
+        assert once.returncode == 0, once.stdout
+        who = rf"host {re.escape(socket.gethostname())}, PID {holder.pid}, since \d\d:\d\d:\d\d"
+        skipping = rf"tf-ship: skipping {re.escape(str(root / 'a' / 'torchfort.log'))}: "
+        skipping += rf"another tf-ship ships it \({who}\)"
+        assert len(re.findall(skipping, once.stdout)) == 1, once.stdout
+        assert re.search(rf"  a: skipped: another process ships it \({who}\);", once.stdout)
+        assert "1 shipped by another process" in once.stdout
+        assert not (out / "a.jsonl").exists()
+        same_once(jsonl_events(out / "b.jsonl"), expected["b"])
+
+        with err.open("wb") as stream:
+            watch = subprocess.Popen(
+                [*TF_SHIP, "watch", *args, "--scan-interval", "0.1", "--poll-interval", "0.05"],
+                stderr=stream,
+                stdout=subprocess.DEVNULL,
+                env=clean_env(),
+            )
+        wait_for(lambda: "skipping" in err.read_text(), "watch skipping the held log")
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(60) == 0
+        wait_for(lambda: len(jsonl_events(out / "a.jsonl")) == len(expected["a"]), "a shipped")
+        stop(watch, err)
+    finally:
+        for process in (holder, watch):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert err.read_text().count("skipping") == 1
+    for name, events in expected.items():
+        same_once(jsonl_events(out / f"{name}.jsonl"), events)

@@ -20,6 +20,7 @@ from tf_ship import __version__
 from tf_ship.cli_options import (
     EXIT_FAILURE,
     ShipRequest,
+    StartupError,
     apply,
     finish,
     ship_request,
@@ -107,6 +108,7 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
         request, note = _place_example_outputs(request)
     built = request.build_backends()
 
+    from tf_ship.shipper.lock import LockError  # noqa: PLC0415
     from tf_ship.shipper.ship import LogNotFoundError, Shipper  # noqa: PLC0415
 
     overrides = {"state_file": None} if example and not request.params["state_file"] else {}
@@ -117,6 +119,8 @@ def _ship(*, logdir: str | None, log_file: str | None, example: bool, **params: 
     except LogNotFoundError as error:
         click.echo(redact(f"tf-ship: error: {error}"), err=True)
         exit_process(EXIT_FAILURE)
+    except LockError as error:
+        raise StartupError(str(error)) from error
     finish(report, quiet=request.quiet, note=note)
 
 

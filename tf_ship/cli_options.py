@@ -38,6 +38,16 @@ ENV_PREFIX = "TF_SHIP_"
 Decorator = Callable[[Any], Any]
 
 
+class StartupError(click.ClickException):
+    """Something to fix before anything ships: one line, ``tf-ship: error: ...``, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:  # noqa: ANN401 - click's signature
+        """One line on standard error."""
+        click.echo(f"tf-ship: error: {self.format_message()}", err=True, file=file)
+
+
 def param_name(backend: str, option: BackendOption) -> str:
     """The click parameter name of a backend's option."""
     return f"opt__{backend}__{option.keyword}"
@@ -277,7 +287,9 @@ def shipping_options() -> list[Decorator]:
             "--state-file",
             metavar="FILE",
             envvar=_env("state_file"),
-            help="Where to keep the state [default: LOGDIR/.tf-ship-state.json].",
+            help="Where to keep the state [default: LOGDIR/.tf-ship-state.json; a file in "
+            "~/.local/state/tf-ship/ when LOGDIR cannot be written]. One shipper at a time: "
+            "a second one of the same state exits 2.",
         ),
         click.option(
             "--fresh",
@@ -377,14 +389,10 @@ class ShipRequest:
         from tf_ship.shipper.progress import ProgressReporter  # noqa: PLC0415
         from tf_ship.shipper.shaping import EventShaper, parse_renames  # noqa: PLC0415
         from tf_ship.shipper.ship import ShipOptions  # noqa: PLC0415
-        from tf_ship.shipper.state import STATE_NAME  # noqa: PLC0415
         from tf_ship.shipper.worker import RetryPolicy  # noqa: PLC0415
 
         p = self.params
-        state_file = p["state_file"]
-        state_path = Path(state_file) if state_file else None
-        if state_path is None and p["state"]:
-            state_path = log_file.parent / STATE_NAME
+        state_path = None if "state_file" in overrides else self.state_file(log_file)
         values: dict[str, Any] = {
             "follow": p["follow"],
             "wait": p["wait"],
@@ -411,6 +419,37 @@ class ShipRequest:
         }
         values.update(overrides)
         return ShipOptions(**values)
+
+    def state_file(self, log_file: Path) -> Path | None:
+        """Where to keep the state of `log_file` (see `tf_ship.shipper.places`), None for none.
+
+        Raises `StartupError` when it cannot be kept where asked, nor anywhere by default.
+        """
+        from tf_ship.shipper.places import PlaceError, state_place  # noqa: PLC0415
+
+        explicit = self.params["state_file"]
+        if not explicit and not self.params["state"]:
+            return None
+        try:
+            place = state_place(log_file, Path(explicit) if explicit else None)
+        except PlaceError as error:
+            raise StartupError(str(error)) from error
+        if place.note:
+            logging.getLogger("tf_ship").info("%s", place.note)
+        return place.path
+
+    def check_outputs(self) -> None:
+        """Refuse at once (`StartupError`) when a backend cannot write where it would."""
+        from tf_ship.backends.registry import UnknownBackendError, backend_factory  # noqa: PLC0415
+        from tf_ship.shipper.places import output_problems  # noqa: PLC0415
+
+        try:
+            factories = [(name, backend_factory(name)) for name in self.backends]
+        except UnknownBackendError as error:
+            raise click.UsageError(str(error)) from error
+        problems = output_problems(factories, self.backend_options)
+        if problems:
+            raise StartupError("; ".join(problems))
 
 
 _SHIPPING_PARAMS = (
@@ -444,7 +483,9 @@ def ship_request(params: dict[str, Any]) -> ShipRequest:
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--rename") from error
     shipping = {name: params.pop(name) for name in _SHIPPING_PARAMS}
-    return ShipRequest(backends, routed, shipping, verbose, quiet)
+    request = ShipRequest(backends, routed, shipping, verbose, quiet)
+    request.check_outputs()
+    return request
 
 
 def _route_backend_options(

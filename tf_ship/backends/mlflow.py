@@ -684,3 +684,13 @@ def _event_ids(batch: Sequence[MetricEvent]) -> list[tuple[MetricEvent, int]]:
         seen[event] = count + 1
         ids.append((event, count))
     return ids
+
+
+def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:
+    """What the start-up check must find writable (`tf_ship.shipper.places`), by option keyword.
+
+    Only the default store does: ``sqlite:///mlflow.db`` and its ``./mlruns`` artifacts.
+    """
+    if options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"):
+        return {}
+    return {"tracking_uri": os.curdir}

@@ -5,9 +5,14 @@ Layout::
     DIR/                      --tensorboard-dir, default ./runs/<run name or UTC timestamp>
         <model>/              one TensorBoard run per model (purging and steps are per run)
             events.out.tfevents.<time>.<host>.<pid>.<n>.<random>
-    DIR-restart1/             the application's first restart (``--on-restart new-run``)
-        <model>/              the same layout: ``tensorboard --logdir`` on DIR's parent shows
-                              ``DIR/<model>`` and ``DIR-restart1/<model>`` side by side
+        restart1/             the application's first restart (``--on-restart new-run``)
+            <model>/          the same layout: ``tensorboard --logdir DIR`` shows ``<model>``
+                              and ``restart1/<model>`` side by side
+
+Everything stays under DIR. A model whose folder would be named like a restart folder
+(``restart1``) gets a hash appended in the first run, as unsafe names do. Runs started before
+this layout (restarts in a sibling ``DIR-restart1``) keep their directories, recorded in the
+state.
 
 Each metric is a scalar whose tag is the metric name, exactly as logged (tensorboardX's
 `add_scalar` would rewrite ``l2 error (rel.)`` as ``l2_error__rel._`` and could make two
@@ -63,6 +68,9 @@ import logging
 import os
 import re
 import secrets
+import shlex
+import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -78,6 +86,7 @@ INSTALL_HINT = "the tensorboard backend needs tensorboardX: install tf-ship[tens
 CONFIG_TAG = "config"
 MAX_FOLDER_BYTES = 200
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|[\ud800-\udfff]")
+_RESTART_FOLDER = re.compile(r"restart[0-9]+")
 _WRITER_NUMBERS = itertools.count()
 
 
@@ -94,6 +103,11 @@ def folder_name(model: str) -> str:
         safe = "_" + safe[1:]
     if safe == model and len(safe.encode()) <= MAX_FOLDER_BYTES and safe:
         return safe
+    return _hashed_folder(model, safe)
+
+
+def _hashed_folder(model: str, safe: str) -> str:
+    """`safe`, cut to fit, then ``~`` and a hash of the model's name."""
     digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     while len(safe.encode()) > MAX_FOLDER_BYTES - 9:
         safe = safe[:-1]
@@ -249,6 +263,8 @@ class TensorBoardBackend:
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory: Path | None = Path(directory) if directory else None
         self._requested = self.directory
+        self._root: Path | None = None
+        """The folder holding the first run and the restarts: what the view hint shows."""
         self._segment = 0
         self._tbx: _TensorBoardX | None = None
         self._writers: dict[str, _ModelWriter] = {}
@@ -268,23 +284,26 @@ class TensorBoardBackend:
     def open(self, run: RunInfo) -> None:
         """Import tensorboardX and choose the directory; writers are created on first use.
 
-        After the application's N-th restart (`run.segment` N), a new run's directory is the
-        first run's with ``-restart<N>`` appended.
+        After the application's N-th restart (`run.segment` N), a new run's directory is
+        ``restart<N>`` in the first run's.
         """
         self._tbx = _TensorBoardX()
         if self._closed:  # the next segment's run: nothing of the previous one is kept
             self._reset()
         self._segment = run.segment
         recorded = run.state.get("directory")
-        if recorded:
-            self.directory = Path(recorded)
-        elif run.segment:
+        if run.segment:
             first = run.first_run.get("directory") or self._requested
-            first_path = Path(first) if first else _default_directory(run.run_name)
-            self.directory = first_path.with_name(f"{first_path.name}-restart{run.segment}")
+            root = Path(first or _default_directory(run.run_name)).absolute()
+            self.directory = Path(recorded or root / f"restart{run.segment}").absolute()
         else:
-            self.directory = self._requested or _default_directory(run.run_name)
-        self.directory = Path(self.directory).absolute()
+            self.directory = Path(
+                recorded or self._requested or _default_directory(run.run_name)
+            ).absolute()
+            root = self.directory
+        # a run of the layout before (a sibling DIR-restart<N>) is shown with its siblings
+        inside = self.directory == root or root in self.directory.parents
+        self._root = root if inside else self.directory.parent
         self.directory.mkdir(parents=True, exist_ok=True)
         if recorded and Path(recorded).absolute() == self.directory:
             self._cut_back(self.directory, run.state)
@@ -358,7 +377,7 @@ class TensorBoardBackend:
         if writer is not None:
             return writer
         tbx, directory = self._require_open()
-        folder = self._folders.get(model) or folder_name(model)
+        folder = self._folders.get(model) or self._new_folder(model)
         taken = {f for m, f in self._folders.items() if m != model}
         if folder in taken:  # only a hash collision gets here; numbered in order of appearance
             folder = next(
@@ -370,6 +389,13 @@ class TensorBoardBackend:
         self._writers[model] = writer
         self._remember_size(writer)
         return writer
+
+    def _new_folder(self, model: str) -> str:
+        """`folder_name`, but never a restart folder's name in the first run's directory."""
+        folder = folder_name(model)
+        if self._segment == 0 and _RESTART_FOLDER.fullmatch(folder):
+            return _hashed_folder(model, folder)
+        return folder
 
     def _remember_size(self, writer: _ModelWriter) -> None:
         size = writer.size()
@@ -437,15 +463,39 @@ class TensorBoardBackend:
             raise first_error
 
     def view_hint(self) -> str | None:
-        """The command that shows these curves (and those of earlier segments)."""
-        if self.directory is None:
-            return None
-        shown = self.directory.parent if self._segment else self.directory
-        return f"tensorboard --logdir {shown}"
+        """The command that shows these curves and those of the other application runs."""
+        shown = self._root or self.directory
+        return None if shown is None else tensorboard_command(shown)
 
     def describe(self) -> dict[str, Any]:
         """Where the runs went, for the final summary."""
         return {"directory": str(self.directory), "models": dict(self._folders)}
+
+
+def tensorboard_command(logdir: Path) -> str:
+    """``tensorboard --logdir LOGDIR``, spelt so that it runs as printed here.
+
+    tensorboardX writes the files without TensorBoard itself (``tf-ship[all]`` does not install
+    it). Found on the PATH: its name; beside this Python: its path; not installed: how to
+    install it first.
+    """
+    shown = shlex.quote(str(logdir))
+    if shutil.which("tensorboard"):
+        return f"tensorboard --logdir {shown}"
+    bindir = Path(sys.executable).parent
+    beside = bindir / "tensorboard"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return f"{shlex.quote(str(beside))} --logdir {shown}"
+    pip = shutil.which("pip")
+    if pip and Path(pip).parent == bindir:
+        return f"pip install tensorboard && tensorboard --logdir {shown}"
+    python = shlex.quote(sys.executable)
+    return f"{python} -m pip install tensorboard && {shlex.quote(str(beside))} --logdir {shown}"
+
+
+def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:
+    """What the start-up check must find writable (`tf_ship.shipper.places`), by option keyword."""
+    return {"directory": str(options.get("directory") or "runs")}
 
 
 __all__ = ["TensorBoardBackend", "config_markdown", "flatten", "folder_name"]

@@ -627,4 +627,12 @@ class WandbBackend:
         return {**self._resume, "rows": self._rows}
 
 
+def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:
+    """What the start-up check must find writable (`tf_ship.shipper.places`), by option keyword.
+
+    The folder holding ``wandb/``: ``--wandb-dir``, else ``$WANDB_DIR``, else the current one.
+    """
+    return {"directory": str(options.get("directory") or os.environ.get("WANDB_DIR") or os.curdir)}
+
+
 __all__ = ["INSTALL_HINT", "WandbBackend", "metric_key", "plain", "rows", "step_key"]

@@ -28,8 +28,9 @@ from typing import Any
 
 import click
 
-from tf_ship.cli_options import EXIT_FAILURE, apply, ship_request, shipping_options
+from tf_ship.cli_options import EXIT_FAILURE, StartupError, apply, ship_request, shipping_options
 from tf_ship.redaction import redact
+from tf_ship.shipper.lock import LockError, release_held_locks
 from tf_ship.shipper.stopping import exit_now, exit_process, exit_soon
 
 logger = logging.getLogger("tf_ship.run")
@@ -360,6 +361,7 @@ def _start(command: Sequence[str], env: dict[str, str], made: Path | None) -> Ap
     try:
         return Application(command, env)
     except OSError as error:
+        release_held_locks()  # about to exit: the lock must not keep `made` from going
         if made is not None:
             with contextlib.suppress(OSError):
                 made.rmdir()
@@ -368,6 +370,16 @@ def _start(command: Sequence[str], env: dict[str, str], made: Path | None) -> Ap
             sys.exit(EXIT_NOT_FOUND)
         click.echo(f"tf-ship: error: cannot run {command[0]}: {error.strerror}", err=True)
         sys.exit(EXIT_CANNOT_EXECUTE)
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse at once when the default log folder cannot be made."""
+    from tf_ship.shipper.places import write_problem  # noqa: PLC0415
+
+    problem = write_problem(folder)
+    if problem is not None:
+        msg = f"cannot make a log folder in {folder.absolute()} ({problem}): give --logdir DIR"
+        raise StartupError(msg)
 
 
 def _check_target(follow_pid: int | None, command: Sequence[str], logdir: str | None) -> None:
@@ -429,6 +441,7 @@ def _run(
     made = None
     if follow_pid is None:
         if log_dir is None:
+            _check_writable(Path(RUNS_DIR))
             log_dir = made = fresh_logdir(Path(RUNS_DIR))
         elif not log_dir.is_dir():
             # made first: TorchFort writes no config file into a folder that does not exist
@@ -439,6 +452,10 @@ def _run(
     assert log_dir is not None  # noqa: S101 - checked above
     log_file = log_dir / LOG_NAME
     shipper = Shipper(log_file, built, request.ship_options(log_file))
+    try:  # before the application starts: a second shipper of this log must not start it
+        shipper.take_lock(wait_for_folder=True)
+    except LockError as error:
+        raise StartupError(str(error)) from error
     follow = bool(request.params["follow"])
     if follow_pid is None:
         session = Session(
@@ -447,7 +464,11 @@ def _run(
     else:
         logger.info("following the application with pid %d", follow_pid)
         session = Session(shipper, follow_pid=follow_pid, follow=follow, early=early)
-    session.run()
+    try:
+        session.run()
+    finally:
+        if shipper.lock is not None:
+            shipper.lock.release()
     if session.error is not None:
         click.echo(redact(f"tf-ship: error: {session.error}"), err=True)
     report = session.report

@@ -30,6 +30,7 @@ import click
 
 from tf_ship.cli import CONTEXT
 from tf_ship.cli_options import EXIT_FAILURE, ShipRequest, apply, ship_request, shipping_options
+from tf_ship.shipper.lock import LockError, LockHeldError
 from tf_ship.shipper.ship import (
     LOG_NAME,
     LogNotFoundError,
@@ -168,6 +169,7 @@ class Phase(enum.Enum):
     DONE = "shipped"
     FAILED = "failed"
     GONE = "log disappeared"
+    HELD = "skipped: another process ships it"
 
 
 @attrs.define(eq=False)
@@ -185,6 +187,8 @@ class WatchedLog:
     thread: threading.Thread | None = None
     outcome: ShipReport | BaseException | None = None
     ended: bool = False
+    held_by: str | None = None
+    """Who else ships this log (said once), while it is `Phase.HELD`."""
 
     @property
     def log_file(self) -> Path:
@@ -200,7 +204,9 @@ class WatchedLog:
         """One line: how it ended, lines read, each backend's outcome over all sessions."""
         lines = sum(report.lines_read for report in self.reports)
         skipped = sum(sum(report.skipped.values()) for report in self.reports)
-        if not self.reports:
+        if self.phase is Phase.HELD:
+            state = f"{self.phase.value} ({self.held_by})"
+        elif not self.reports:
             state = self.phase.value
         elif self.phase is Phase.DONE:
             state = self.reports[-1].stop_reason
@@ -353,7 +359,7 @@ class Watcher:
             log = self.logs.get(key)
             if log is None:
                 self._found(directory, key)
-            elif log.phase is Phase.GONE or (
+            elif log.phase in (Phase.GONE, Phase.HELD) or (
                 log.phase is Phase.IDLE and _signature(log.log_file) != log.idle_signature
             ):
                 self._enqueue(log)
@@ -413,9 +419,14 @@ class Watcher:
     def _start(self, log: WatchedLog) -> None:
         request = self.request_for(log)
         fresh = bool(request.params["fresh"]) and not log.reports
-        options = request.ship_options(  # no progress line per log: they would mix on stderr
-            log.log_file, run_name=self._run_name(log), wait=0.0, fresh=fresh, progress=None
-        )
+        try:
+            options = request.ship_options(  # no progress line per log: they would mix
+                log.log_file, run_name=self._run_name(log), wait=0.0, fresh=fresh, progress=None
+            )
+        except click.ClickException as error:  # no place for its state: this log only
+            logger.error("cannot ship %s: %s", log.log_file, error.format_message())  # noqa: TRY400 - said in full
+            log.phase, log.error = Phase.FAILED, error.format_message()
+            return
         try:
             shipper = Shipper(log.log_file, request.build_backends(), options)
         except Exception as error:  # a backend that cannot be made fails this log only
@@ -436,7 +447,7 @@ class Watcher:
         try:
             log.outcome = shipper.run()
         except Exception as error:  # one log's crash is reported; the others go on
-            if not isinstance(error, LogNotFoundError):
+            if not isinstance(error, (LogNotFoundError, LockError)):
                 logger.exception("shipping %s failed", log.log_file)
             log.outcome = error
         finally:
@@ -457,6 +468,14 @@ class Watcher:
             logger.warning("%s disappeared before it was shipped", log.log_file)
             log.phase = Phase.GONE
             return
+        if isinstance(outcome, LockHeldError):
+            holder = outcome.holder.describe() if outcome.holder else "its lock is being written"
+            if log.held_by is None:
+                logger.warning("skipping %s: another tf-ship ships it (%s)", log.log_file, holder)
+            log.phase, log.held_by = Phase.HELD, holder
+            return
+        if isinstance(outcome, LockError):
+            logger.error("cannot ship %s: %s", log.log_file, outcome)
         if not isinstance(outcome, ShipReport) or shipper is None:
             log.phase = Phase.FAILED
             log.error = str(outcome) or type(outcome).__name__
@@ -494,7 +513,8 @@ class Watcher:
             f"{self.root} in "
             f"{time.monotonic() - self._started:.2f} s: {count[Phase.DONE]} ended, "
             f"{count[Phase.IDLE]} idle, {count[Phase.FAILED]} failed, "
-            f"{count[Phase.QUEUED]} not started; read {read} lines, delivered {events} events"
+            + (f"{count[Phase.HELD]} shipped by another process, " if count[Phase.HELD] else "")
+            + f"{count[Phase.QUEUED]} not started; read {read} lines, delivered {events} events"
         )
         if logs or not self.problems:
             lines.append(total)

@@ -16,6 +16,7 @@ from tf_ship.redaction import redact
 from tf_ship.shipper import stopping
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
+from tf_ship.shipper.lock import StateLock
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
 from tf_ship.shipper.segments import OnRestart, Segments
@@ -170,6 +171,7 @@ class Shipper:
         self._started = time.monotonic()
         state_file = self.options.state_file
         self.state = None if state_file is None else StateStore(Path(state_file))
+        self.lock = None if state_file is None else StateLock(Path(state_file), self._lost_lock)
         self._workers: list[BackendWorker] = []
         self._save_lock = threading.Lock()
         self._abandoned: str | None = None
@@ -200,14 +202,21 @@ class Shipper:
     # -- running ------------------------------------------------------------------------------
 
     def run(self) -> ShipReport:
-        """Wait for the log, ship it, return the report."""
+        """Wait for the log, ship it, return the report.
+
+        Raises `LockHeldError` when another process ships with the same state file.
+        """
         started = self._started = time.monotonic()
         workers: list[BackendWorker] = []
         try:
+            self.take_lock(wait_for_folder=True)
             if not self.control.stop.is_set() and self._wait_for_log():
+                self.take_lock()
                 workers = self._start_workers()
                 self._supervise(workers)
         finally:
+            if self.lock is not None:
+                self.lock.release()
             if self.options.progress is not None:
                 self.options.progress.close()
         failed = [worker.stats.name for worker in workers if worker.stats.failed]
@@ -222,6 +231,24 @@ class Shipper:
             self._stop_reason or "end of log",
             _shipping_seconds([worker.stats for worker in workers]),
         )
+
+    def take_lock(self, *, wait_for_folder: bool = False) -> None:
+        """Lock the state file (see `tf_ship.shipper.lock`); raises `LockHeldError` when held.
+
+        With `wait_for_folder`, a state file whose folder does not exist yet (a log directory
+        still to appear) is locked later, by `run`, once the log is there.
+        """
+        if self.lock is None or self.lock.held:
+            return
+        if wait_for_folder and not self.lock.path.parent.is_dir():
+            return
+        self.lock.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+
+    def _lost_lock(self, reason: str) -> None:
+        """Another process took the state over: stop, and write the state no more."""
+        self.state = None
+        self.request_stop(reason)
 
     def _wait_for_log(self) -> bool:
         options = self.options

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import NoReturn
 
 from tf_ship.exit_codes import EXIT_FAILURE
+from tf_ship.shipper.lock import release_held_locks
 
 logger = logging.getLogger("tf_ship")
 
@@ -43,7 +44,8 @@ _planned_exit: list[int] = []
 
 
 def exit_now(code: int) -> NoReturn:
-    """Flush standard output and error and end the process with `code`, at once."""
+    """Release this process's state locks, flush standard output and error, exit with `code`."""
+    release_held_locks()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
