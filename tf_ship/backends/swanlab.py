@@ -195,14 +195,18 @@ class SwanLabBackend:
             msg = "another SwanLab run is active in this process (SwanLab keeps one per process)"
             raise FatalBackendError(msg)
         _messages_to_stderr()
-        settings = _settings(swanlab)
+        try:
+            settings = _settings(swanlab)
+            self._delivered = _delivery_counter(swanlab)
+        except (AttributeError, TypeError, ValueError) as error:  # another SDK layout
+            msg = f"this SwanLab is not supported ({error}): install tf-ship[swanlab]"
+            raise FatalBackendError(msg) from error
         if mode == "online" and not settings.api_key:
             raise FatalBackendError(LOGIN_HINT)
         saved_id = _text(run.state.get("run_id"))
         self._reset(run.state if saved_id else {})
         log_dir = self.logdir or _text(run.state.get("dir")) or _text(run.first_run.get("dir"))
         name, group, tags = self._naming(run, saved_id)
-        self._delivered = _delivery_counter(swanlab)
         try:
             self._run = swanlab.init(
                 project=self.project,

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from tf_ship.backends.base import FatalBackendError
+
 logger = logging.getLogger("tf_ship")
 
 
@@ -39,9 +41,13 @@ def scalars(run_dir: str | Path) -> Iterator[tuple[str, int, float]]:
 
     A file cut short (a crash) yields what it holds up to the cut; an unreadable one nothing.
     """
-    from swanlab.exceptions import DataStoreError  # noqa: PLC0415 - lazy SDK
-    from swanlab.proto.swanlab.record.v1.record_pb2 import Record  # noqa: PLC0415
-    from swanlab.sdk.internal.core_python.store import DataStoreReader  # noqa: PLC0415
+    try:
+        from swanlab.exceptions import DataStoreError  # noqa: PLC0415 - lazy SDK
+        from swanlab.proto.swanlab.record.v1.record_pb2 import Record  # noqa: PLC0415
+        from swanlab.sdk.internal.core_python.store import DataStoreReader  # noqa: PLC0415
+    except ImportError as error:
+        msg = f"this SwanLab cannot read its run files back ({error}): install tf-ship[swanlab]"
+        raise FatalBackendError(msg) from error
 
     for path in sorted(Path(run_dir).glob("run-*.swanlab")):
         reader = DataStoreReader()

@@ -11,6 +11,7 @@ writer thread makes), so `flush` returns once SQLite committed them. See docs/ba
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -35,6 +36,8 @@ INSTALL_HINT = "the trackio backend needs the trackio package: install tf-ship[t
 DEFAULT_PROJECT = "torchfort"
 STEP = "step"
 _STEP_LIKE = re.compile(r"(?:.*/)?step(?: \(metric\))*", re.DOTALL)
+NEEDED = frozenset({"project", "run", "run_id", "metrics_list", "steps", "timestamps", "log_ids"})
+"""The keywords of trackio's `SQLiteStorage.bulk_log` that the backend passes."""
 REMOTE_VARIABLES = ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL")
 """trackio's own settings for logging elsewhere, which this backend does not follow."""
 
@@ -99,16 +102,28 @@ class _Trackio:
             msg = f"cannot import trackio: {type(error).__name__}: {error}"
             raise FatalBackendError(msg) from error
         self.storage = SQLiteStorage
-        self.directory = Path(utils.TRACKIO_DIR).absolute()
+        self.directory = Path(getattr(utils, "TRACKIO_DIR", "")).absolute()
         if wanted is not None and self.directory != wanted:
             msg = (
                 f"trackio was imported already with its store in {self.directory}; this "
                 f"process cannot write to {wanted} (run tf-ship once per trackio directory)"
             )
             raise FatalBackendError(msg)
-        if not hasattr(SQLiteStorage, "bulk_log") or not hasattr(SQLiteStorage, "init_db"):
+        if not _takes(SQLiteStorage, "bulk_log", NEEDED) or not hasattr(SQLiteStorage, "init_db"):
             msg = "this trackio is too old for tf-ship: install tf-ship[trackio]"
             raise FatalBackendError(msg)
+
+
+def _takes(owner: object, name: str, keywords: frozenset[str]) -> bool:
+    """True when ``owner.name`` is a callable that accepts all of `keywords`."""
+    function = getattr(owner, name, None)
+    if not callable(function):
+        return False
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return keywords <= set(parameters)
 
 
 def _text(value: object) -> str | None:
