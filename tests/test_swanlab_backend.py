@@ -33,6 +33,7 @@ from hard_log import (
 )
 from support import TF_SHIP, clean_env
 
+from tf_ship.backends.base import FatalBackendError
 from tf_ship.backends.swanlab import KEY_MAP_CONFIG, SwanLabBackend
 from tf_ship.backends.swanlab_files import scalars, session_dirs
 from tf_ship.backends.swanlab_keys import KeyMap, is_kept, sanitize_key
@@ -332,3 +333,26 @@ def test_an_application_restart_makes_a_linked_run(tmp_path: Path) -> None:
     assert (restart.name, restart.group, list(restart.tags)) == ("job-restart1", "job", ["restart"])
     assert all("mymodel" in run_config(s) for s in (first_session, second_session))
     assert os.path.commonpath([first_session, second_session]) == str(log_dir)
+
+
+# -- without SwanLab ----------------------------------------------------------------------------
+
+
+def test_the_module_and_the_command_line_do_not_import_swanlab() -> None:
+    """SwanLab is imported when a run opens, not by the backend's modules or by `--help`."""
+    code = (
+        "import sys, tf_ship.backends.swanlab, tf_ship.cli\n"
+        "assert 'swanlab' not in sys.modules, 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_swanlab_open_fails_at_once_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No SwanLab installed: a fatal error (no retries) that says what to install."""
+    monkeypatch.setitem(sys.modules, "swanlab", None)
+    backend = SwanLabBackend(mode="offline", logdir=tmp_path)
+    with pytest.raises(FatalBackendError, match=r"tf-ship\[swanlab\]"):
+        backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+    backend.close(RunStatus.FAILED)

@@ -31,6 +31,7 @@ from hard_log import (
 )
 from support import TF_SHIP, clean_env
 
+from tf_ship.backends.base import FatalBackendError
 from tf_ship.backends.trackio import TrackioBackend
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
@@ -294,3 +295,27 @@ def test_an_application_restart_makes_a_linked_run(
     configs = [storage().get_run_config(project, run_id=r["id"]) for r in records]
     assert [c["_Group"] for c in configs] == [None, "job"]
     assert all("mymodel" in c for c in configs)
+
+
+# -- without trackio ----------------------------------------------------------------------------
+
+
+def test_the_module_and_the_command_line_do_not_import_trackio() -> None:
+    """The backend imports trackio when a run opens, not at import, nor does `--help`."""
+    code = (
+        "import sys, tf_ship.backends.trackio, tf_ship.cli\n"
+        "assert 'trackio' not in sys.modules, 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_trackio_open_fails_at_once_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No trackio installed: a fatal error (no retries) that says what to install."""
+    monkeypatch.setitem(sys.modules, "trackio", None)
+    monkeypatch.setitem(sys.modules, "trackio.sqlite_storage", None)
+    backend = TrackioBackend()
+    with pytest.raises(FatalBackendError, match=r"tf-ship\[trackio\]"):
+        backend.open(RunInfo(Path("logdir"), Path("logdir/torchfort.log")))
+    backend.close(RunStatus.FAILED)
