@@ -178,6 +178,7 @@ class SwanLabBackend:
         self._rounded = 0
         self._sessions: list[str] = []
         self._group: str | None = None
+        self._tags: list[str] = []
         self._url: str | None = None
         self._online = False
         self._local = False
@@ -285,12 +286,13 @@ class SwanLabBackend:
         """Name, group and tags: a restart's are derived from the first run's."""
         if saved_id:
             self._group = _text(run.state.get("group"))
-            return _text(run.state.get("name")), self._group, []
+            self._tags = [str(tag) for tag in run.state.get("tags") or ()]
+            return _text(run.state.get("name")), self._group, self._tags
         first_name = _text(run.first_run.get("name"))
         if run.segment and first_name:
-            self._group = self.group or first_name
-            return f"{first_name}-restart{run.segment}", self._group, ["restart"]
-        self._group = self.group
+            self._group, self._tags = self.group or first_name, ["restart"]
+            return f"{first_name}-restart{run.segment}", self._group, self._tags
+        self._group, self._tags = self.group, []
         return run.run_name or Path(run.logdir).absolute().name or None, self.group, []
 
     def _restore(self, folder: Path, run_id: str) -> None:
@@ -334,10 +336,11 @@ class SwanLabBackend:
         return self._run
 
     def resume_state(self) -> dict[str, Any]:
-        """The run id, name, group and folder; the keys given; the events held at the last flush."""
+        """The run (id, name, group, tags, folder), its keys, the events held at the last flush."""
         return {
             **self._resume,
             "group": self._group,
+            "tags": list(self._tags),
             "events": self._flushed,
             "keys": dict(self._keys.keys),
         }

@@ -211,6 +211,8 @@ class TrackioBackend:
         self._flushed = events if isinstance(events, int) and events >= 0 else 0
         stored = trackio.storage.get_run_config(self.project, run_id=run_id)
         self._config = dict(json_safe(stored)) if isinstance(stored, Mapping) else {}
+        self._config.setdefault("_Created", _now())
+        self._config.setdefault("_Group", self._run_group)
 
     def _start(self, run: RunInfo) -> None:
         self._run_id = uuid.uuid4().hex
