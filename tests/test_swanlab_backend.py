@@ -356,3 +356,20 @@ def test_without_swanlab_open_fails_at_once_naming_the_extra(
     with pytest.raises(FatalBackendError, match=r"tf-ship\[swanlab\]"):
         backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
     backend.close(RunStatus.FAILED)
+
+
+def test_a_second_run_in_the_same_process_fails_at_once(tmp_path: Path) -> None:
+    """SwanLab keeps one run per process: a second backend fails at once, the first goes on."""
+    run = RunInfo(tmp_path, tmp_path / "torchfort.log", run_name="one")
+    first = SwanLabBackend(mode="offline", logdir=tmp_path / "swanlog")
+    first.open(run)
+    second = SwanLabBackend(mode="offline", logdir=tmp_path / "swanlog")
+    with pytest.raises(FatalBackendError, match="one per process"):
+        second.open(run)
+    second.close(RunStatus.FAILED)
+    first.log_metrics(events(0, 2))
+    first.flush()
+    state = first.resume_state()
+    first.close(RunStatus.FINISHED)
+    expected = [(e.model, e.metric, e.step, e.value) for e in events(0, 2)]
+    assert stored_events(tmp_path / "swanlog", state) == as_stored(expected)
