@@ -91,4 +91,37 @@ BACKEND_OPTIONS: Mapping[str, Sequence[BackendOption]] = {
             metavar="DIR",
         ),
     ),
+    "trackio": (
+        BackendOption(
+            "--trackio-project", "project", "trackio project [default: torchfort].", metavar="NAME"
+        ),
+        BackendOption(
+            "--trackio-dir",
+            "directory",
+            "trackio's store [default: $TRACKIO_DIR, else $HF_HOME/trackio].",
+            metavar="DIR",
+        ),
+        BackendOption("--trackio-group", "group", "trackio run group.", metavar="GROUP"),
+    ),
+    "swanlab": (
+        BackendOption(
+            "--swanlab-project", "project", "SwanLab project [default: torchfort].", metavar="NAME"
+        ),
+        BackendOption(
+            "--swanlab-mode",
+            "mode",
+            "online, offline or local [default: $SWANLAB_MODE, else online].",
+            metavar="MODE",
+        ),
+        BackendOption(
+            "--swanlab-logdir",
+            "logdir",
+            "Directory for SwanLab's run folders [default: $SWANLAB_LOGDIR, else ./swanlog].",
+            metavar="DIR",
+        ),
+        BackendOption("--swanlab-group", "group", "SwanLab run group.", metavar="GROUP"),
+        BackendOption(
+            "--swanlab-workspace", "workspace", "SwanLab workspace (online).", metavar="NAME"
+        ),
+    ),
 }

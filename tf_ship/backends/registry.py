@@ -21,6 +21,8 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "wandb": "tf_ship.backends.wandb:WandbBackend",
     "mlflow": "tf_ship.backends.mlflow:MlflowBackend",
     "tensorboard": "tf_ship.backends.tensorboard:TensorBoardBackend",
+    "trackio": "tf_ship.backends.trackio:TrackioBackend",
+    "swanlab": "tf_ship.backends.swanlab:SwanLabBackend",
 }
 
 BackendFactory = Callable[..., Backend]
