@@ -16,6 +16,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from support import wait_for
 from terminal import Terminal
 
 from tf_ship.shipper.events import MetricEvent, RunStatus
+from tf_ship.shipper.reasons import short_reason, unfixable
 from tf_ship.shipper.ship import ShipOptions, Shipper
 from tf_ship.shipper.worker import RetryPolicy
 from tf_ship.testing import HangingBackend, RecordingBackend
@@ -375,6 +377,59 @@ def test_sigterm_ends_tf_ship_within_the_shutdown_timeout_despite_a_hung_backend
 # -- a tracker that is not there ----------------------------------------------------------------
 
 RETRY_LINE = re.compile(r"^tf-ship: backend mlflow could not open the run \((?P<reason>[^)]*)\)")
+
+
+class FakeResponse:
+    """What requests attaches to an HTTPError."""
+
+    status_code = 503
+
+
+class FakeHTTPError(Exception):
+    """An HTTP error carrying its response, as requests raises it."""
+
+    response = FakeResponse()
+
+
+def chained(outer: Exception, inner: BaseException) -> Exception:
+    """`outer` raised from `inner`, as an SDK wraps a socket error."""
+    outer.__cause__ = inner
+    return outer
+
+
+REFUSED = chained(RuntimeError("API request failed"), ConnectionRefusedError(111, "refused"))
+DNS = chained(OSError("lookup"), socket.gaierror(-2, "Name or service not known"))
+MLFLOW_5XX = RuntimeError("API request to /x failed with error code 502 != 200. Response: timeout")
+URLLIB3_5XX = RuntimeError("Max retries (Caused by ResponseError('too many 503 error responses'))")
+READ_TIMEOUT = OSError("HTTPConnectionPool: Read timed out. (read timeout=10)")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (REFUSED, "connection refused"),
+        (DNS, "host not found"),
+        (TimeoutError("read"), "timed out"),
+        (FakeHTTPError("server error"), "HTTP 503"),
+        (MLFLOW_5XX, "HTTP 502"),
+        (URLLIB3_5XX, "HTTP 503"),
+        (READ_TIMEOUT, "timed out"),
+        (ValueError("x" * 200), "ValueError: " + "x" * 67 + "…"),
+    ],
+    ids=["refused", "dns", "timeout", "status", "mlflow-5xx", "urllib3-5xx", "read", "other"],
+)
+def test_short_reasons(error: BaseException, reason: str) -> None:
+    """A failure is named in a few words; an unknown one by its type and first 80 characters."""
+    assert short_reason(error) == reason
+
+
+def test_what_retrying_cannot_fix() -> None:
+    """Missing packages, programming errors and interrupts are unfixable; outages are not."""
+    assert unfixable(ModuleNotFoundError("No module named 'sqlalchemy'"))
+    assert unfixable(KeyboardInterrupt())
+    assert unfixable(SystemExit(1))
+    assert not unfixable(ConnectionError("refused"))
+    assert not unfixable(TimeoutError())
 
 
 def unreachable_mlflow(tmp_path: Path, *extra: str) -> tuple[list[str], dict[str, str]]:

@@ -27,7 +27,9 @@ keeps for them, so that it can stop waiting for a call after ``--call-timeout``)
 Isolation is the engine's job: an exception from one backend never reaches another. A backend
 raises `PermanentBackendError` for input it will never accept (the engine reports it and moves
 on) and `FatalBackendError` when it cannot go on at all (the engine stops it); any other
-exception is treated as transient and retried with backoff.
+exception is treated as transient and retried with backoff, except those no retry can fix
+(`tf_ship.shipper.reasons.UNFIXABLE`, and anything that is not an `Exception`, such as a
+`KeyboardInterrupt` raised inside an SDK), which fail the backend at once.
 """
 
 from __future__ import annotations

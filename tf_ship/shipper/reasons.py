@@ -87,13 +87,15 @@ def _typed_reason(error: BaseException) -> str | None:
 
 
 def _text_reason(text: str) -> str | None:
-    """The reason an error's text tells, if any."""
+    """The reason an error's text tells, if any (an HTTP status first: it is the most exact)."""
+    match = _HTTP_STATUS.search(text)
+    if match and int(match["code"]) >= HTTP_ERROR:
+        return f"HTTP {match['code']}"
     lowered = text.lower()
     for needle, reason in _SOCKET_TEXTS:
         if needle in lowered:
             return reason
-    match = _HTTP_STATUS.search(text)
-    return f"HTTP {match['code']}" if match and int(match["code"]) >= HTTP_ERROR else None
+    return None
 
 
 def short_reason(error: BaseException) -> str:
