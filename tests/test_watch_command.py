@@ -373,3 +373,50 @@ def test_a_log_another_process_ships_is_skipped_and_said_once(tmp_path):
     assert err.read_text().count("skipping") == 1
     for name, events in expected.items():
         same_once(jsonl_events(out / f"{name}.jsonl"), events)
+
+
+SLOW_IMPORT = '''
+"""A backend whose import waits for a file: a signal can arrive while it imports."""
+import os
+import time
+from pathlib import Path
+
+Path(os.environ["MARK"]).touch()
+while not Path(os.environ["GO"]).exists():
+    time.sleep(0.01)  # the test creates GO after its signal
+
+
+class Backend:
+    def open(self, run): pass
+    def log_config(self, config): pass
+    def log_metrics(self, batch): pass
+    def flush(self): pass
+    def close(self, status): pass
+'''
+
+
+def test_a_signal_while_backends_import_stops_watch_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while a backend's module is still importing: a clean stop, exit 0, not 143."""
+    (tmp_path / "slow_import_backend.py").write_text(SLOW_IMPORT)
+    write_log(tmp_path / "root" / "a", 1, range(5))
+    mark, go = tmp_path / "imported", tmp_path / "go"
+    env = clean_env(PYTHONPATH=str(tmp_path), MARK=str(mark), GO=str(go))
+    watch = subprocess.Popen(
+        [*TF_SHIP, "watch", str(tmp_path / "root"), "-b", "slow_import_backend:Backend"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_for(mark.exists, "the backend module importing")
+        watch.send_signal(signal.SIGTERM)
+        go.touch()
+        _, err = watch.communicate(timeout=120)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    assert "SIGTERM received" in err

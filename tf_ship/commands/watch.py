@@ -18,7 +18,6 @@ import enum
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -29,7 +28,14 @@ import attrs
 import click
 
 from tf_ship.cli import CONTEXT
-from tf_ship.cli_options import EXIT_FAILURE, ShipRequest, apply, ship_request, shipping_options
+from tf_ship.cli_options import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    ShipRequest,
+    apply,
+    ship_request,
+    shipping_options,
+)
 from tf_ship.shipper.lock import LockError, LockHeldError
 from tf_ship.shipper.ship import (
     LOG_NAME,
@@ -38,6 +44,7 @@ from tf_ship.shipper.ship import (
     ShipReport,
     install_stop_handlers,
 )
+from tf_ship.shipper.stopping import StopSignals, exit_process
 
 logger = logging.getLogger("tf_ship")
 
@@ -567,16 +574,17 @@ def _watch(
     ROOT to appear. One summary line per log and a total go to standard error; the exit code is
     1 when a backend of any log failed.
     """
+    signals = StopSignals("stopping every log").install()  # also while SDKs are imported
     request = ship_request(params)
     check_request(request)
     request.build_backends()  # an unknown backend is a usage error before anything ships
     logging.getLogger("tf_ship").addFilter(_NameLogs())
     watcher = Watcher(root, request, max_logs=max_logs, scan_interval=scan_interval, depth=depth)
-    watcher.install_signal_handlers()
+    signals.connect(watcher.stop)
     watcher.run()
     if not request.quiet or not watcher.ok:
         click.echo(watcher.summary(), err=True)
-    sys.exit(0 if watcher.ok else EXIT_FAILURE)
+    exit_process(EXIT_OK if watcher.ok else EXIT_FAILURE)
 
 
 _WATCH_OPTIONS = [
