@@ -478,15 +478,6 @@ def test_renamed_name_is_reported_once(
     assert json.loads(tags[KEY_MAP_TAG]) == {"m/loss (train)": "m/loss _train_"}
 
 
-def test_unusable_store_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tracking URI MLflow refuses outright stops the backend instead of retrying."""
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    backend = MlflowBackend(str(tmp_path / "mlruns"), EXPERIMENT)
-    with pytest.raises(FatalBackendError):
-        backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
-    backend.close(RunStatus.FAILED)
-
-
 def test_explicit_missing_run_is_fatal(sqlite_uri: str, tmp_path: Path) -> None:
     """A run id that the store does not know stops the backend instead of retrying."""
     backend = MlflowBackend(sqlite_uri, EXPERIMENT, run_id="0123456789abcdef0123456789abcdef")

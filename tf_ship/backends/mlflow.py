@@ -28,9 +28,12 @@ What MLflow does with TorchFort's values, and what this backend does about it:
 - Steps are int64 and may be negative; MLflow stores them as they are.
 - Errors: a refused request (HTTP 4xx, e.g. ``INVALID_PARAMETER_VALUE`` for a bad key) raises
   `PermanentBackendError`, except a missing, deleted or forbidden run, which raises
-  `FatalBackendError`. Connection failures, timeouts and 5xx answers propagate unchanged and are
-  retried by the engine. MLflow's own HTTP retries (7 retries with backoff: minutes) are cut down
-  to one immediate retry and a 10 s timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+  `FatalBackendError`. What no retry can fix when the run is opened (MLflow or a module it needs
+  does not import, a malformed or unknown tracking URI, a refused login or permission) raises
+  `FatalBackendError` with one line saying what to do (`mlflow_errors`). Connection failures,
+  timeouts and 5xx answers propagate unchanged and are retried by the engine. MLflow's own HTTP
+  retries (7 retries with backoff: minutes) are cut down to one immediate retry and a 10 s
+  timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
   ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` or ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set: an outage
   reaches the engine in seconds.
 - Configs become params ``<model>.<path.to.key>`` (lists as JSON text, values cut to 6000
@@ -69,6 +72,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
+from tf_ship.backends.mlflow_errors import (
+    check_tracking_uri,
+    fatal_error,
+    first_line,
+    refused_run_hint,
+)
 from tf_ship.backends.mlflow_rest import MetricRow, RestLogBatch, rest_log_batch
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 
@@ -265,19 +274,20 @@ class MlflowBackend:
         """Resume the given or recorded run, or create one in the experiment."""
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-        from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
-
+        check_tracking_uri(self.tracking_uri)
         if self._closed:  # the next segment's run: nothing of the previous one is kept
             self._reset()
         self.run_id = self._requested_run_id if run.segment == 0 else None
         try:
+            from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
+
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             self.run_id = self._resume(run) or self._create(run)
         except Exception as error:
             self._client = None  # nothing to close
-            if is_refusal(error):
-                msg = f"MLflow at {self.tracking_uri} refused to open the run: {error}"
-                raise FatalBackendError(msg) from error
+            line = fatal_error(error, http_status(error), self.tracking_uri, self.experiment)
+            if line is not None:
+                raise FatalBackendError(line) from error
             raise
         logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
         if self._served:
@@ -479,7 +489,8 @@ class MlflowBackend:
             if not is_refusal(error):
                 raise
             if is_fatal_refusal(error):
-                msg = f"MLflow refused {what} for run {self.run_id}: {error}"
+                hint = refused_run_hint(http_status(error))
+                msg = f"MLflow refused {what} for run {self.run_id}: {first_line(error)}{hint}"
                 raise FatalBackendError(msg) from error
             msg = f"MLflow refused {what}: {error}"
             raise PermanentBackendError(msg) from error
