@@ -38,6 +38,7 @@ from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402 - after the skip
 from mlflow.utils.validation import _validate_metric_name  # noqa: E402
+from mlflow_server import run_artifacts  # noqa: E402
 
 MAX_DOUBLE = 1.7976931348623157e308
 """What MLflow's SQL stores keep for +inf (and its negative for -inf)."""
@@ -93,6 +94,12 @@ def stored(value: float) -> object:
 def history(client: Any, run_id: str, key: str) -> Counter[tuple[int, object]]:
     """The (step, value) rows of a metric, counted."""
     return Counter((m.step, stored(m.value)) for m in client.get_metric_history(run_id, key))
+
+
+def config_artifacts(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The files in the run's ``configs`` artifacts, read back from the store, by name."""
+    artifact_uri = MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri
+    return run_artifacts(tracking_uri, artifact_uri, "configs")
 
 
 CONFIG = {
@@ -247,7 +254,7 @@ def test_names_are_sanitized_and_collisions_kept_apart(shipped: Shipped) -> None
     assert "my model/énergie" in run.data.metrics
 
 
-def test_params_and_config_artifact(shipped: Shipped, tmp_path: Path) -> None:
+def test_params_and_config_artifact(shipped: Shipped, tracking_uri: str) -> None:
     """Configs become flattened params (lists as JSON, long values cut) and a YAML artifact."""
     params = shipped.client.get_run(shipped.run_id).data.params
     assert params["mymodel.general.report_frequency"] == "100"
@@ -256,10 +263,10 @@ def test_params_and_config_artifact(shipped: Shipped, tmp_path: Path) -> None:
     assert float(params["mymodel.optimizer.parameters.learning_rate"]) == 1e-3
     assert params["mymodel.notes"] == "x" * 6000
     assert params["my model.loss.type"] == "MSE"
-    local = shipped.client.download_artifacts(shipped.run_id, "configs", str(tmp_path))
-    saved = yaml.safe_load((Path(local) / "mymodel.yaml").read_text(encoding="utf-8"))
-    assert saved == CONFIG
-    assert (Path(local) / "my_model.yaml").exists()
+    files = config_artifacts(tracking_uri, shipped.run_id)
+    assert set(files) == {"mymodel.yaml", "my_model.yaml"}
+    assert yaml.safe_load(files["mymodel.yaml"]) == CONFIG
+    assert yaml.safe_load(files["my_model.yaml"]) == {"loss": {"type": "MSE"}}
 
 
 def test_run_is_finished(shipped: Shipped) -> None:
@@ -508,10 +515,10 @@ def test_changed_config_is_logged_as_revision(
         "m.rev2.model.layers": "[8, 8]",
     }
     assert data.tags["tf_ship.config_revision.m"] == "2"
-    names = {
-        f.path for f in MlflowClient(tracking_uri).list_artifacts(str(backend.run_id), "configs")
-    }
-    assert names == {"configs/m.yaml", "configs/m.rev2.yaml"}
+    files = config_artifacts(tracking_uri, str(backend.run_id))
+    assert set(files) == {"m.yaml", "m.rev2.yaml"}
+    assert yaml.safe_load(files["m.yaml"]) == first
+    assert yaml.safe_load(files["m.rev2.yaml"]) == second
 
 
 def test_close_twice_does_nothing(sqlite_uri: str, tmp_path: Path) -> None:

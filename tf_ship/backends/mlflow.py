@@ -42,7 +42,11 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   ``<model>.rev<N>.<path.to.key>``, with the artifact ``configs/<model>.rev<N>.yaml``, the
   artifact ``configs/<model>.yaml`` holding the newest config, and the tag
   ``tf_ship.config_revision.<model>`` naming the newest revision. A config equal to an earlier
-  revision logs nothing new.
+  revision logs nothing new. Configs never hold metrics back: what cannot be recorded right now
+  is tried again at later flushes (`mlflow_deferred`), a refused part is reported and skipped,
+  and what is still missing when the run ends is reported then. Artifacts go through a
+  repository built for the client's tracking URI (`mlflow_artifacts`: MLflow before 3.7 would
+  send them to the global tracking URI instead).
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
   forgets the timestamps of delivered events and the ranges they complete.
 - Throughput: the engine hands over up to 10,000 events at a time (`preferred_batch_size`),
@@ -62,6 +66,7 @@ What MLflow does with TorchFort's values, and what this backend does about it:
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -72,6 +77,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
+from tf_ship.backends.mlflow_artifacts import ConfigArtifacts
+from tf_ship.backends.mlflow_deferred import Deferred
 from tf_ship.backends.mlflow_errors import (
     check_tracking_uri,
     fatal_error,
@@ -264,6 +271,8 @@ class MlflowBackend:
         self._closed = False
         self._senders: concurrent.futures.ThreadPoolExecutor | None = None
         self._rest: RestLogBatch | None = None
+        self._artifacts: ConfigArtifacts | None = None
+        self._deferred = Deferred("MLflow")
 
     preferred_batch_size = 10_000
     """Events per `log_metrics`: ten `log_batch` calls, two of them in flight at a time."""
@@ -315,6 +324,8 @@ class MlflowBackend:
         self._params = {}
         self._reported = set()
         self._closed = False
+        self._artifacts = None
+        self._deferred = Deferred("MLflow")
 
     def _resume(self, run: RunInfo) -> str | None:
         run_id = self.run_id
@@ -338,6 +349,7 @@ class MlflowBackend:
             return None
         self._restore(found)
         self._run_name = found.info.run_name
+        self._artifacts = ConfigArtifacts(found.info.artifact_uri, self.tracking_uri)
         if run_id == run.state.get("run_id"):
             self._restore_replay_state(run.state)
         if found.info.status != "RUNNING":
@@ -404,6 +416,7 @@ class MlflowBackend:
             name = f"{first_name}-restart{run.segment}" if first_name else None
         created = client.create_run(experiment_id, run_name=name, tags=tags)
         self._run_name = created.info.run_name
+        self._artifacts = ConfigArtifacts(created.info.artifact_uri, self.tracking_uri)
         return str(created.info.run_id)
 
     def resume_state(self) -> dict[str, Any]:
@@ -567,36 +580,58 @@ class MlflowBackend:
         self._key_map_saved = len(self._keys.renamed)
 
     def log_config(self, config: ModelConfig) -> None:
-        """Log the config as params (a new revision when it changed) and as a YAML artifact."""
+        """Log the config as params (a new revision when it changed) and as a YAML artifact.
+
+        The calls never hold metrics back: they are queued (`Deferred`) and made now, and what
+        fails for now is tried again at later flushes; a refused part is reported and skipped.
+        """
         from mlflow.entities import Param, RunTag  # noqa: PLC0415
 
-        client = self._require_client()
+        self._require_client()
         revision, params = self._config_revision(config)
         new = [(k, v) for k, v in params.items() if self._params.get(k) != v]
+        model = config.model
         for start in range(0, len(new), MAX_PARAMS_PER_CALL):
-            chunk = new[start : start + MAX_PARAMS_PER_CALL]
-            try:
-                self._logged("config params", params=[Param(k, v) for k, v in chunk])
-            except PermanentBackendError as error:
-                logger.warning("MLflow: params of %r not logged: %s", config.model, error)
-                continue
-            self._params.update(chunk)
-        name = artifact_name(config.model)
+            chunk = dict(new[start : start + MAX_PARAMS_PER_CALL])
+            self._params.update(chunk)  # a later config is compared with these from now on
+            self._deferred.add(
+                f"{len(chunk)} params of {model!r}",
+                functools.partial(
+                    self._logged, "config params", params=[Param(k, v) for k, v in chunk.items()]
+                ),
+                functools.partial(self._forget_params, chunk),
+            )
+        name = artifact_name(model)
         content = dict(config.config)
-        client.log_dict(self.run_id, content, f"configs/{name}.yaml")
+        paths = [f"configs/{name}.yaml"]
         if revision > 1:
-            client.log_dict(self.run_id, content, f"configs/{name}.rev{revision}.yaml")
-            tag = RunTag(sanitize_key(f"{REVISION_TAG}.{config.model}"), str(revision))
-            try:
-                self._logged("the config revision tag", tags=[tag])
-            except PermanentBackendError as error:
-                logger.warning("MLflow: tag %s not logged: %s", tag.key, error)
+            paths.append(f"configs/{name}.rev{revision}.yaml")
+        for path in paths:
+            upload = functools.partial(self._upload, path, content)
+            self._deferred.add(f"the artifact {path}", upload)
+        if revision > 1:
+            tag = RunTag(sanitize_key(f"{REVISION_TAG}.{model}"), str(revision))
+            self._deferred.add(
+                f"the tag {tag.key}",
+                functools.partial(self._logged, "the config revision tag", tags=[tag]),
+            )
             if new:
                 logger.warning(
-                    "MLflow: the config of %r changed; logged as revision %d",
-                    config.model,
-                    revision,
+                    "MLflow: the config of %r changed; logged as revision %d", model, revision
                 )
+        self._deferred.run(now=True)
+
+    def _forget_params(self, refused: Mapping[str, str]) -> None:
+        """Params the store refused are not the run's: a later config may log them again."""
+        for key, value in refused.items():
+            if self._params.get(key) == value:
+                del self._params[key]
+
+    def _upload(self, path: str, content: Mapping[str, Any]) -> None:
+        if self._artifacts is None:
+            msg = "the MLflow backend is not open"
+            raise RuntimeError(msg)
+        self._artifacts.upload(path, content)
 
     def _config_revision(self, config: ModelConfig) -> tuple[int, dict[str, str]]:
         """The first revision whose params agree with this config, and its params."""
@@ -651,12 +686,23 @@ class MlflowBackend:
             if item["last"] > reached.get((item["device"], item["inode"]), -1)
         ]
         self._durable_timestamps = dict(self._last_timestamp)
+        self._deferred.run()  # configs not recorded yet, once their delay has passed
 
     def close(self, status: RunStatus) -> None:
-        """Mark the run FINISHED, FAILED or KILLED; a second call does nothing."""
+        """Mark the run FINISHED, FAILED or KILLED; a second call does nothing.
+
+        A finished run gets one more try at recording what is still queued; whatever is left
+        is reported.
+        """
         if self._closed:
             return
         self._closed = True
+        if status is RunStatus.FINISHED and self._client is not None:
+            try:
+                self._deferred.run(now=True)
+            except FatalBackendError as error:
+                logger.warning("%s", error)
+        self._deferred.abandon()
         client, self._client = self._client, None
         senders, self._senders = self._senders, None
         if senders is not None:
