@@ -31,6 +31,7 @@ from tf_ship.backends.mlflow import (
     is_valid_key,
     key_map_tags,
     sanitize_key,
+    sqlite_file,
 )
 from tf_ship.backends.mlflow_rest import json_number
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
@@ -519,6 +520,24 @@ def test_changed_config_is_logged_as_revision(
     assert set(files) == {"m.yaml", "m.rev2.yaml"}
     assert yaml.safe_load(files["m.yaml"]) == first
     assert yaml.safe_load(files["m.rev2.yaml"]) == second
+
+
+@pytest.mark.parametrize(
+    ("uri", "file"),
+    [
+        ("sqlite:///mlflow.db", "mlflow.db"),
+        ("sqlite:///runs/mlflow.db", "runs/mlflow.db"),
+        ("sqlite:////scratch/mlflow.db", "/scratch/mlflow.db"),
+        ("sqlite+pysqlite:////scratch/mlflow.db?timeout=20", "/scratch/mlflow.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("postgresql://host/db", None),
+        ("http://127.0.0.1:5000", None),
+    ],
+)
+def test_sqlite_file_of_a_uri(uri: str, file: str | None) -> None:
+    """The database file a SQLite URI names (relative to the working directory), if any."""
+    assert sqlite_file(uri) == file
 
 
 def test_close_twice_does_nothing(sqlite_uri: str, tmp_path: Path) -> None:

@@ -47,6 +47,8 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   and what is still missing when the run ends is reported then. Artifacts go through a
   repository built for the client's tracking URI (`mlflow_artifacts`: MLflow before 3.7 would
   send them to the global tracking URI instead).
+- A SQLite store on a network filesystem (NFS, Lustre, GPFS, ...) is reported once: SQLite's
+  locking is unreliable there (`tf_ship.shipper.filesystems`).
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
   forgets the timestamps of delivered events and the ranges they complete.
 - Throughput: the engine hands over up to 10,000 events at a time (`preferred_batch_size`),
@@ -87,6 +89,7 @@ from tf_ship.backends.mlflow_errors import (
 )
 from tf_ship.backends.mlflow_rest import MetricRow, RestLogBatch, rest_log_batch
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.shipper.filesystems import warn_if_network_filesystem
 
 logger = logging.getLogger("tf_ship")
 
@@ -114,6 +117,11 @@ FATAL_ERROR_CODES = frozenset(
     {"RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED"}
 )
 """Refusals that concern the run itself, not one event: no event can be shipped."""
+SQLITE_ADVICE = (
+    "SQLite can lock up or corrupt its file there; use a tracking server "
+    "(--mlflow-tracking-uri http://HOST:PORT) or a file on node-local scratch "
+    "(--mlflow-tracking-uri sqlite:////tmp/mlflow.db)"
+)
 _MAX_PENDING = 100_000
 _MAX_RANGES = 64
 """Recorded in-flight ranges kept at most (only ranges whose last event was refused linger)."""
@@ -210,6 +218,22 @@ def flatten_config(prefix: str, config: Mapping[str, Any]) -> Iterator[tuple[str
             yield path, json.dumps(value, ensure_ascii=False, default=str)
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working directory), or None."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator or scheme.partition("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None
+    file = rest[1:].partition("?")[0]
+    return None if file in {"", ":memory:"} else file
+
+
+def warn_if_sqlite_on_network_filesystem(uri: str) -> None:
+    """Say once when a SQLite store tf-ship writes lives on NFS, Lustre, GPFS and the like."""
+    file = sqlite_file(uri)
+    if file is not None:
+        warn_if_network_filesystem(os.path.abspath(file), "MLflow's SQLite store", SQLITE_ADVICE)  # noqa: PTH100
+
+
 def artifact_name(model: str) -> str:
     """A file name for a model's config artifact."""
     return _DOUBLE_DOT.sub("_", re.sub(r"[^\w.\-]", "_", model)).lstrip(".") or "_"
@@ -284,6 +308,7 @@ class MlflowBackend:
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         check_tracking_uri(self.tracking_uri)
+        warn_if_sqlite_on_network_filesystem(self.tracking_uri)
         if self._closed:  # the next segment's run: nothing of the previous one is kept
             self._reset()
         self.run_id = self._requested_run_id if run.segment == 0 else None
