@@ -522,6 +522,33 @@ def test_changed_config_is_logged_as_revision(
     assert yaml.safe_load(files["m.rev2.yaml"]) == second
 
 
+@pytest.mark.parametrize("name", ["cylinder-flow", None])
+def test_runs_are_named_by_the_run_name_and_restarts_after_the_first(
+    sqlite_uri: str, tmp_path: Path, name: str | None
+) -> None:
+    """The run name (the log folder's name unless ``--run-name``) names the MLflow run.
+
+    The run of the N-th application restart is ``<first run's name>-restartN``, a child of the
+    first; without a run name, MLflow's own name for the first run is the stem.
+    """
+    run = RunInfo(tmp_path, tmp_path / "torchfort.log", run_name=name)
+    backend = MlflowBackend(sqlite_uri, EXPERIMENT)
+    backend.open(run)
+    first = backend.resume_state()
+    backend.close(RunStatus.FINISHED)
+    backend.open(attrs.evolve(run, segment=1, first_run=first))
+    second_id = str(backend.run_id)
+    backend.close(RunStatus.FINISHED)
+    client = MlflowClient(sqlite_uri)
+    first_name = client.get_run(first["run_id"]).info.run_name
+    assert first_name == (name or first["run_name"])
+    assert first_name
+    second = client.get_run(second_id)
+    assert second.info.run_name == f"{first_name}-restart1"
+    assert second.data.tags["mlflow.parentRunId"] == first["run_id"]
+    assert second.data.tags["tf_ship.restart"] == "1"
+
+
 @pytest.mark.parametrize(
     ("uri", "file"),
     [
