@@ -6,11 +6,12 @@ tracking server". MLflow before 3.7 resolves them against the process's global t
 (``mlflow.set_tracking_uri``, ``$MLFLOW_TRACKING_URI``, else ``./mlruns``), not the client's:
 ``MlflowClient("http://host:5000").log_dict(...)`` then fails with "When an mlflow-artifacts URI
 was supplied, the tracking URI must be a valid http or https URI". MLflow 3.7 passes the client's
-URI along. So the repository is built here, the way each version builds it for its own client:
-with the tracking URI where `get_artifact_repository` takes one (3.7 on), else, for
-``mlflow-artifacts:``, MLflow's own `MlflowArtifactsRepository.resolve_uri` with the client's
-URI and the `HttpArtifactRepository` it would have made. Other artifact URIs (a local path, an
-object store) do not depend on the tracking URI.
+URI along. So the repository is built here, for the backend's tracking URI: through
+`get_artifact_repository(uri, tracking_uri=...)` where it takes one (3.1 on; the repositories
+honour it, only the client did not pass it before 3.7), else (3.0), for ``mlflow-artifacts:``,
+MLflow's own `MlflowArtifactsRepository.resolve_uri` with that URI and the
+`HttpArtifactRepository` it would have made. Other artifact URIs (a local path, an object store)
+do not depend on the tracking URI.
 """
 
 from __future__ import annotations
