@@ -168,6 +168,7 @@ def refusing_server(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 LOGIN_PAGE = (401, b"<html><body>401 Authorization Required</body></html>", "text/html")
+NOT_MLFLOW = (404, b"<html><body>" + b"Not Found. " * 200 + b"</body></html>", "text/html")
 DENIED = (
     403,
     json.dumps({"error_code": "PERMISSION_DENIED", "message": "Permission denied"}).encode(),
@@ -183,6 +184,16 @@ def test_refused_login_fails_at_once(refusing_server: str, tmp_path: Path) -> No
         f"MLflow at {refusing_server} refused the login (HTTP 401): set "
         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an "
         "account of this server"
+    )
+
+
+@pytest.mark.parametrize("refusing_server", [NOT_MLFLOW], indirect=True)
+def test_a_server_that_is_not_mlflow_fails_at_once(refusing_server: str, tmp_path: Path) -> None:
+    """404 for MLflow's API (another web server, a missing path prefix): say so, briefly."""
+    error = open_error(refusing_server, tmp_path)
+    assert str(error) == (
+        f"{refusing_server} has no MLflow API (HTTP 404): give --mlflow-tracking-uri the address "
+        "of an MLflow tracking server, with its path prefix if it has one"
     )
 
 
@@ -227,3 +238,35 @@ def test_command_ends_at_once_with_the_reason(refusing_server: str, tmp_path: Pa
     assert result.returncode == 1, result.stdout
     assert "refused the login (HTTP 401): set MLFLOW_TRACKING_USERNAME" in result.stdout
     assert "retry" not in result.stdout
+
+
+def test_login_refused_while_logging_fails_with_the_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login that stops working mid-run (an expired token): fatal, with what to set."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+    from mlflow.protos.databricks_pb2 import UNAUTHENTICATED  # noqa: PLC0415
+
+    from tf_ship.shipper.events import MetricEvent  # noqa: PLC0415
+
+    backend = MlflowBackend(f"sqlite:///{tmp_path / 'mlflow.db'}", "tf-ship-tests")
+    backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
+    refused = MlflowException(
+        "API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code 401 != 200."
+        " Response body: '<html>\n<body>401</body></html>'",
+        error_code=UNAUTHENTICATED,
+    )
+
+    def expired(*_: object) -> None:
+        raise refused
+
+    monkeypatch.setattr(backend, "_log_batch", expired)
+    with pytest.raises(FatalBackendError) as caught:
+        backend.log_metrics([MetricEvent("m", "loss", 1, 0.5)])
+    backend.close(RunStatus.FAILED)
+    assert str(caught.value) == (
+        f"MLflow refused 1 metrics for run {backend.run_id}: API request to endpoint "
+        "/api/2.0/mlflow/runs/log-batch failed with error code 401 != 200. Response body: "
+        "'<html>; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+        "MLFLOW_TRACKING_TOKEN) to an account of this server"
+    )

@@ -114,7 +114,13 @@ HTTP_DEFAULTS = {
 }
 """MLflow's HTTP client settings, unless the environment sets them: fail within seconds."""
 FATAL_ERROR_CODES = frozenset(
-    {"RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED"}
+    {
+        "RESOURCE_DOES_NOT_EXIST",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "UNAUTHORIZED",
+        "CUSTOMER_UNAUTHORIZED",
+    }
 )
 """Refusals that concern the run itself, not one event: no event can be shipped."""
 SQLITE_ADVICE = (

@@ -39,10 +39,15 @@ def installed_version(package: str) -> str:
         return "?"
 
 
+MAX_TEXT = 300
+"""Characters of an error's text quoted at most (MLflow quotes whole HTML pages)."""
+
+
 def first_line(error: BaseException) -> str:
-    """The first line of an error's text (MLflow's texts run over many lines)."""
+    """The first line of an error's text, cut to `MAX_TEXT` (MLflow's run over many lines)."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 3] + "..."
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -94,6 +99,11 @@ def refusal(error: Exception, status: int, uri: str, experiment: str) -> str:
             "ask the server's administrator for permission, or choose another experiment "
             "with --mlflow-experiment"
         )
+    if status == 404 and getattr(error, "error_code", None) == "ENDPOINT_NOT_FOUND":
+        return (
+            f"{uri} has no MLflow API (HTTP 404): give --mlflow-tracking-uri the address of an "
+            "MLflow tracking server, with its path prefix if it has one"
+        )
     if "unsupported URI" in text:
         return (
             f"MLflow does not know the tracking URI {uri}: use http(s)://host:port for a "
@@ -119,7 +129,7 @@ def fatal_error(error: Exception, status: int, uri: str, experiment: str) -> str
 def refused_run_hint(status: int) -> str:
     """What to do when the server refuses a call for the run while logging; "" for no advice."""
     if status == 401:
-        return f" ({LOGIN_HINT})"
+        return f"; {LOGIN_HINT}"
     if status == 403:
-        return " (ask the server's administrator for permission on the experiment)"
+        return "; ask the server's administrator for permission on the experiment"
     return ""
