@@ -33,9 +33,8 @@ What MLflow does with TorchFort's values, and what this backend does about it:
   `FatalBackendError` with one line saying what to do (`mlflow_errors`). Connection failures,
   timeouts and 5xx answers propagate unchanged and are retried by the engine. MLflow's own HTTP
   retries (7 retries with backoff: minutes) are cut down to one immediate retry and a 10 s
-  timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-  ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` or ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set: an outage
-  reaches the engine in seconds.
+  timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` or
+  ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set: an outage reaches the engine in seconds.
 - Configs become params ``<model>.<path.to.key>`` (lists as JSON text, values cut to 6000
   characters) plus the artifact ``configs/<model>.yaml``. MLflow params cannot change; a config
   that changed (after a restart of the application) is logged whole as revision N,
