@@ -3,11 +3,16 @@
 Registered as a pytest plugin by ``tests/conftest.py``. The server keeps its SQLite store and its
 artifacts in a temporary directory, listens on a free loopback port, and is stopped (its whole
 process group) when the session ends.
+
+`run_artifacts` reads a run's artifacts back without MLflow's client (whose artifact calls
+depend on the version: before 3.7 they resolve ``mlflow-artifacts:`` against the global tracking
+URI): over the server's artifact API, or from the local directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +96,31 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     # Workers left behind by a server that exited first still belong to the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+ARTIFACT_API = "/api/2.0/mlflow-artifacts/artifacts"
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - http on loopback
+        return bytes(response.read())
+
+
+def run_artifacts(tracking_uri: str, artifact_uri: str, folder: str) -> dict[str, str]:
+    """The text of each file in a run's artifact `folder`, by name."""
+    if artifact_uri.startswith("mlflow-artifacts:"):
+        base = urllib.parse.urlsplit(artifact_uri).path.strip("/")
+        where = f"{base}/{folder}"
+        query = urllib.parse.urlencode({"path": where})
+        listing = json.loads(_get(f"{tracking_uri}{ARTIFACT_API}?{query}"))
+        names = [entry["path"] for entry in listing.get("files", []) if not entry["is_dir"]]
+        return {
+            name: _get(f"{tracking_uri}{ARTIFACT_API}/{where}/{name}").decode() for name in names
+        }
+    directory = Path(urllib.parse.unquote(urllib.parse.urlsplit(artifact_uri).path)) / folder
+    if not directory.is_dir():
+        return {}
+    return {path.name: path.read_text(encoding="utf-8") for path in directory.iterdir()}
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from tf_ship.backends.mlflow import (
     is_valid_key,
     key_map_tags,
     sanitize_key,
+    sqlite_file,
 )
 from tf_ship.backends.mlflow_rest import json_number
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
@@ -38,6 +39,7 @@ from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402 - after the skip
 from mlflow.utils.validation import _validate_metric_name  # noqa: E402
+from mlflow_server import run_artifacts  # noqa: E402
 
 MAX_DOUBLE = 1.7976931348623157e308
 """What MLflow's SQL stores keep for +inf (and its negative for -inf)."""
@@ -93,6 +95,12 @@ def stored(value: float) -> object:
 def history(client: Any, run_id: str, key: str) -> Counter[tuple[int, object]]:
     """The (step, value) rows of a metric, counted."""
     return Counter((m.step, stored(m.value)) for m in client.get_metric_history(run_id, key))
+
+
+def config_artifacts(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The files in the run's ``configs`` artifacts, read back from the store, by name."""
+    artifact_uri = MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri
+    return run_artifacts(tracking_uri, artifact_uri, "configs")
 
 
 CONFIG = {
@@ -247,7 +255,7 @@ def test_names_are_sanitized_and_collisions_kept_apart(shipped: Shipped) -> None
     assert "my model/énergie" in run.data.metrics
 
 
-def test_params_and_config_artifact(shipped: Shipped, tmp_path: Path) -> None:
+def test_params_and_config_artifact(shipped: Shipped, tracking_uri: str) -> None:
     """Configs become flattened params (lists as JSON, long values cut) and a YAML artifact."""
     params = shipped.client.get_run(shipped.run_id).data.params
     assert params["mymodel.general.report_frequency"] == "100"
@@ -256,10 +264,10 @@ def test_params_and_config_artifact(shipped: Shipped, tmp_path: Path) -> None:
     assert float(params["mymodel.optimizer.parameters.learning_rate"]) == 1e-3
     assert params["mymodel.notes"] == "x" * 6000
     assert params["my model.loss.type"] == "MSE"
-    local = shipped.client.download_artifacts(shipped.run_id, "configs", str(tmp_path))
-    saved = yaml.safe_load((Path(local) / "mymodel.yaml").read_text(encoding="utf-8"))
-    assert saved == CONFIG
-    assert (Path(local) / "my_model.yaml").exists()
+    files = config_artifacts(tracking_uri, shipped.run_id)
+    assert set(files) == {"mymodel.yaml", "my_model.yaml"}
+    assert yaml.safe_load(files["mymodel.yaml"]) == CONFIG
+    assert yaml.safe_load(files["my_model.yaml"]) == {"loss": {"type": "MSE"}}
 
 
 def test_run_is_finished(shipped: Shipped) -> None:
@@ -478,15 +486,6 @@ def test_renamed_name_is_reported_once(
     assert json.loads(tags[KEY_MAP_TAG]) == {"m/loss (train)": "m/loss _train_"}
 
 
-def test_unusable_store_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tracking URI MLflow refuses outright stops the backend instead of retrying."""
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    backend = MlflowBackend(str(tmp_path / "mlruns"), EXPERIMENT)
-    with pytest.raises(FatalBackendError):
-        backend.open(RunInfo(tmp_path, tmp_path / "torchfort.log"))
-    backend.close(RunStatus.FAILED)
-
-
 def test_explicit_missing_run_is_fatal(sqlite_uri: str, tmp_path: Path) -> None:
     """A run id that the store does not know stops the backend instead of retrying."""
     backend = MlflowBackend(sqlite_uri, EXPERIMENT, run_id="0123456789abcdef0123456789abcdef")
@@ -517,10 +516,55 @@ def test_changed_config_is_logged_as_revision(
         "m.rev2.model.layers": "[8, 8]",
     }
     assert data.tags["tf_ship.config_revision.m"] == "2"
-    names = {
-        f.path for f in MlflowClient(tracking_uri).list_artifacts(str(backend.run_id), "configs")
-    }
-    assert names == {"configs/m.yaml", "configs/m.rev2.yaml"}
+    files = config_artifacts(tracking_uri, str(backend.run_id))
+    assert set(files) == {"m.yaml", "m.rev2.yaml"}
+    assert yaml.safe_load(files["m.yaml"]) == first
+    assert yaml.safe_load(files["m.rev2.yaml"]) == second
+
+
+@pytest.mark.parametrize("name", ["cylinder-flow", None])
+def test_runs_are_named_by_the_run_name_and_restarts_after_the_first(
+    sqlite_uri: str, tmp_path: Path, name: str | None
+) -> None:
+    """The run name (the log folder's name unless ``--run-name``) names the MLflow run.
+
+    The run of the N-th application restart is ``<first run's name>-restartN``, a child of the
+    first; without a run name, MLflow's own name for the first run is the stem.
+    """
+    run = RunInfo(tmp_path, tmp_path / "torchfort.log", run_name=name)
+    backend = MlflowBackend(sqlite_uri, EXPERIMENT)
+    backend.open(run)
+    first = backend.resume_state()
+    backend.close(RunStatus.FINISHED)
+    backend.open(attrs.evolve(run, segment=1, first_run=first))
+    second_id = str(backend.run_id)
+    backend.close(RunStatus.FINISHED)
+    client = MlflowClient(sqlite_uri)
+    first_name = client.get_run(first["run_id"]).info.run_name
+    assert first_name == (name or first["run_name"])
+    assert first_name
+    second = client.get_run(second_id)
+    assert second.info.run_name == f"{first_name}-restart1"
+    assert second.data.tags["mlflow.parentRunId"] == first["run_id"]
+    assert second.data.tags["tf_ship.restart"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("uri", "file"),
+    [
+        ("sqlite:///mlflow.db", "mlflow.db"),
+        ("sqlite:///runs/mlflow.db", "runs/mlflow.db"),
+        ("sqlite:////scratch/mlflow.db", "/scratch/mlflow.db"),
+        ("sqlite+pysqlite:////scratch/mlflow.db?timeout=20", "/scratch/mlflow.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("postgresql://host/db", None),
+        ("http://127.0.0.1:5000", None),
+    ],
+)
+def test_sqlite_file_of_a_uri(uri: str, file: str | None) -> None:
+    """The database file a SQLite URI names (relative to the working directory), if any."""
+    assert sqlite_file(uri) == file
 
 
 def test_close_twice_does_nothing(sqlite_uri: str, tmp_path: Path) -> None:

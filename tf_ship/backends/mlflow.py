@@ -28,18 +28,26 @@ What MLflow does with TorchFort's values, and what this backend does about it:
 - Steps are int64 and may be negative; MLflow stores them as they are.
 - Errors: a refused request (HTTP 4xx, e.g. ``INVALID_PARAMETER_VALUE`` for a bad key) raises
   `PermanentBackendError`, except a missing, deleted or forbidden run, which raises
-  `FatalBackendError`. Connection failures, timeouts and 5xx answers propagate unchanged and are
-  retried by the engine. MLflow's own HTTP retries (7 retries with backoff: minutes) are cut down
-  to one immediate retry and a 10 s timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-  ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` or ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set: an outage
-  reaches the engine in seconds.
+  `FatalBackendError`. What no retry can fix when the run is opened (MLflow or a module it needs
+  does not import, a malformed or unknown tracking URI, a refused login or permission) raises
+  `FatalBackendError` with one line saying what to do (`mlflow_errors`). Connection failures,
+  timeouts and 5xx answers propagate unchanged and are retried by the engine. MLflow's own HTTP
+  retries (7 retries with backoff: minutes) are cut down to one immediate retry and a 10 s
+  timeout unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` or
+  ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set: an outage reaches the engine in seconds.
 - Configs become params ``<model>.<path.to.key>`` (lists as JSON text, values cut to 6000
   characters) plus the artifact ``configs/<model>.yaml``. MLflow params cannot change; a config
   that changed (after a restart of the application) is logged whole as revision N,
   ``<model>.rev<N>.<path.to.key>``, with the artifact ``configs/<model>.rev<N>.yaml``, the
   artifact ``configs/<model>.yaml`` holding the newest config, and the tag
   ``tf_ship.config_revision.<model>`` naming the newest revision. A config equal to an earlier
-  revision logs nothing new.
+  revision logs nothing new. Configs never hold metrics back: what cannot be recorded right now
+  is tried again at later flushes (`mlflow_deferred`), a refused part is reported and skipped,
+  and what is still missing when the run ends is reported then. Artifacts go through a
+  repository built for the client's tracking URI (`mlflow_artifacts`: MLflow before 3.7 would
+  send them to the global tracking URI instead).
+- A SQLite store on a network filesystem (NFS, Lustre, GPFS, ...) is reported once: SQLite's
+  locking is unreliable there (`tf_ship.shipper.filesystems`).
 - `log_batch` is synchronous: when it returns, the store has the metrics, so `flush` only
   forgets the timestamps of delivered events and the ranges they complete.
 - Throughput: the engine hands over up to 10,000 events at a time (`preferred_batch_size`),
@@ -59,6 +67,7 @@ What MLflow does with TorchFort's values, and what this backend does about it:
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -69,9 +78,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
+from tf_ship.backends.mlflow_artifacts import ConfigArtifacts
+from tf_ship.backends.mlflow_deferred import Deferred
+from tf_ship.backends.mlflow_errors import (
+    check_tracking_uri,
+    fatal_error,
+    first_line,
+    refused_run_hint,
+)
 from tf_ship.backends.mlflow_rest import MetricRow, RestLogBatch, rest_log_batch
 from tf_ship.redaction import redact
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.shipper.filesystems import warn_if_network_filesystem
 
 logger = logging.getLogger("tf_ship")
 
@@ -96,9 +114,20 @@ HTTP_DEFAULTS = {
 }
 """MLflow's HTTP client settings, unless the environment sets them: fail within seconds."""
 FATAL_ERROR_CODES = frozenset(
-    {"RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED"}
+    {
+        "RESOURCE_DOES_NOT_EXIST",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "UNAUTHORIZED",
+        "CUSTOMER_UNAUTHORIZED",
+    }
 )
 """Refusals that concern the run itself, not one event: no event can be shipped."""
+SQLITE_ADVICE = (
+    "SQLite can lock up or corrupt its file there; use a tracking server "
+    "(--mlflow-tracking-uri http://HOST:PORT) or a file on node-local scratch "
+    "(--mlflow-tracking-uri sqlite:////tmp/mlflow.db)"
+)
 _MAX_PENDING = 100_000
 _MAX_RANGES = 64
 """Recorded in-flight ranges kept at most (only ranges whose last event was refused linger)."""
@@ -195,6 +224,22 @@ def flatten_config(prefix: str, config: Mapping[str, Any]) -> Iterator[tuple[str
             yield path, json.dumps(value, ensure_ascii=False, default=str)
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working directory), or None."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator or scheme.partition("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None
+    file = rest[1:].partition("?")[0]
+    return None if file in {"", ":memory:"} else file
+
+
+def warn_if_sqlite_on_network_filesystem(uri: str) -> None:
+    """Say once when a SQLite store tf-ship writes lives on NFS, Lustre, GPFS and the like."""
+    file = sqlite_file(uri)
+    if file is not None:
+        warn_if_network_filesystem(os.path.abspath(file), "MLflow's SQLite store", SQLITE_ADVICE)  # noqa: PTH100
+
+
 def artifact_name(model: str) -> str:
     """A file name for a model's config artifact."""
     return _DOUBLE_DOT.sub("_", re.sub(r"[^\w.\-]", "_", model)).lstrip(".") or "_"
@@ -259,6 +304,8 @@ class MlflowBackend:
         self._closed = False
         self._senders: concurrent.futures.ThreadPoolExecutor | None = None
         self._rest: RestLogBatch | None = None
+        self._artifacts: ConfigArtifacts | None = None
+        self._deferred = Deferred("MLflow")
 
     preferred_batch_size = 10_000
     """Events per `log_metrics`: ten `log_batch` calls, two of them in flight at a time."""
@@ -269,19 +316,21 @@ class MlflowBackend:
         """Resume the given or recorded run, or create one in the experiment."""
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-        from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
-
+        check_tracking_uri(self.tracking_uri)
+        warn_if_sqlite_on_network_filesystem(self.tracking_uri)
         if self._closed:  # the next segment's run: nothing of the previous one is kept
             self._reset()
         self.run_id = self._requested_run_id if run.segment == 0 else None
         try:
+            from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
+
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             self.run_id = self._resume(run) or self._create(run)
         except Exception as error:
             self._client = None  # nothing to close
-            if is_refusal(error):
-                msg = f"MLflow at {self.tracking_uri} refused to open the run: {error}"
-                raise FatalBackendError(msg) from error
+            line = fatal_error(error, http_status(error), self.tracking_uri, self.experiment)
+            if line is not None:
+                raise FatalBackendError(line) from error
             raise
         logger.info("MLflow: logging to run %s at %s", self.run_id, self.tracking_uri)
         if self._served:
@@ -313,6 +362,8 @@ class MlflowBackend:
         self._params = {}
         self._reported = set()
         self._closed = False
+        self._artifacts = None
+        self._deferred = Deferred("MLflow")
 
     def _resume(self, run: RunInfo) -> str | None:
         run_id = self.run_id
@@ -336,6 +387,7 @@ class MlflowBackend:
             return None
         self._restore(found)
         self._run_name = found.info.run_name
+        self._artifacts = ConfigArtifacts(found.info.artifact_uri, self.tracking_uri)
         if run_id == run.state.get("run_id"):
             self._restore_replay_state(run.state)
         if found.info.status != "RUNNING":
@@ -404,6 +456,7 @@ class MlflowBackend:
             name = f"{first_name}-restart{run.segment}" if first_name else None
         created = client.create_run(experiment_id, run_name=name, tags=tags)
         self._run_name = created.info.run_name
+        self._artifacts = ConfigArtifacts(created.info.artifact_uri, self.tracking_uri)
         return str(created.info.run_id)
 
     def resume_state(self) -> dict[str, Any]:
@@ -489,7 +542,8 @@ class MlflowBackend:
             if not is_refusal(error):
                 raise
             if is_fatal_refusal(error):
-                msg = f"MLflow refused {what} for run {self.run_id}: {error}"
+                hint = refused_run_hint(http_status(error))
+                msg = f"MLflow refused {what} for run {self.run_id}: {first_line(error)}{hint}"
                 raise FatalBackendError(msg) from error
             msg = f"MLflow refused {what}: {error}"
             raise PermanentBackendError(msg) from error
@@ -566,36 +620,58 @@ class MlflowBackend:
         self._key_map_saved = len(self._keys.renamed)
 
     def log_config(self, config: ModelConfig) -> None:
-        """Log the config as params (a new revision when it changed) and as a YAML artifact."""
+        """Log the config as params (a new revision when it changed) and as a YAML artifact.
+
+        The calls never hold metrics back: they are queued (`Deferred`) and made now, and what
+        fails for now is tried again at later flushes; a refused part is reported and skipped.
+        """
         from mlflow.entities import Param, RunTag  # noqa: PLC0415
 
-        client = self._require_client()
+        self._require_client()
         revision, params = self._config_revision(config)
         new = [(k, v) for k, v in params.items() if self._params.get(k) != v]
+        model = config.model
         for start in range(0, len(new), MAX_PARAMS_PER_CALL):
-            chunk = new[start : start + MAX_PARAMS_PER_CALL]
-            try:
-                self._logged("config params", params=[Param(k, v) for k, v in chunk])
-            except PermanentBackendError as error:
-                logger.warning("MLflow: params of %r not logged: %s", config.model, error)
-                continue
-            self._params.update(chunk)
-        name = artifact_name(config.model)
+            chunk = dict(new[start : start + MAX_PARAMS_PER_CALL])
+            self._params.update(chunk)  # a later config is compared with these from now on
+            self._deferred.add(
+                f"{len(chunk)} params of {model!r}",
+                functools.partial(
+                    self._logged, "config params", params=[Param(k, v) for k, v in chunk.items()]
+                ),
+                functools.partial(self._forget_params, chunk),
+            )
+        name = artifact_name(model)
         content = dict(config.config)
-        client.log_dict(self.run_id, content, f"configs/{name}.yaml")
+        paths = [f"configs/{name}.yaml"]
         if revision > 1:
-            client.log_dict(self.run_id, content, f"configs/{name}.rev{revision}.yaml")
-            tag = RunTag(sanitize_key(f"{REVISION_TAG}.{config.model}"), str(revision))
-            try:
-                self._logged("the config revision tag", tags=[tag])
-            except PermanentBackendError as error:
-                logger.warning("MLflow: tag %s not logged: %s", tag.key, error)
+            paths.append(f"configs/{name}.rev{revision}.yaml")
+        for path in paths:
+            upload = functools.partial(self._upload, path, content)
+            self._deferred.add(f"the artifact {path}", upload)
+        if revision > 1:
+            tag = RunTag(sanitize_key(f"{REVISION_TAG}.{model}"), str(revision))
+            self._deferred.add(
+                f"the tag {tag.key}",
+                functools.partial(self._logged, "the config revision tag", tags=[tag]),
+            )
             if new:
                 logger.warning(
-                    "MLflow: the config of %r changed; logged as revision %d",
-                    config.model,
-                    revision,
+                    "MLflow: the config of %r changed; logged as revision %d", model, revision
                 )
+        self._deferred.run(now=True)
+
+    def _forget_params(self, refused: Mapping[str, str]) -> None:
+        """Params the store refused are not the run's: a later config may log them again."""
+        for key, value in refused.items():
+            if self._params.get(key) == value:
+                del self._params[key]
+
+    def _upload(self, path: str, content: Mapping[str, Any]) -> None:
+        if self._artifacts is None:
+            msg = "the MLflow backend is not open"
+            raise RuntimeError(msg)
+        self._artifacts.upload(path, content)
 
     def _config_revision(self, config: ModelConfig) -> tuple[int, dict[str, str]]:
         """The first revision whose params agree with this config, and its params."""
@@ -650,12 +726,23 @@ class MlflowBackend:
             if item["last"] > reached.get((item["device"], item["inode"]), -1)
         ]
         self._durable_timestamps = dict(self._last_timestamp)
+        self._deferred.run()  # configs not recorded yet, once their delay has passed
 
     def close(self, status: RunStatus) -> None:
-        """Mark the run FINISHED, FAILED or KILLED; a second call does nothing."""
+        """Mark the run FINISHED, FAILED or KILLED; a second call does nothing.
+
+        A finished run gets one more try at recording what is still queued; whatever is left
+        is reported.
+        """
         if self._closed:
             return
         self._closed = True
+        if status is RunStatus.FINISHED and self._client is not None:
+            try:
+                self._deferred.run(now=True)
+            except FatalBackendError as error:
+                logger.warning("%s", error)
+        self._deferred.abandon()
         client, self._client = self._client, None
         senders, self._senders = self._senders, None
         if senders is not None:
