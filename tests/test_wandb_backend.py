@@ -324,9 +324,13 @@ def test_resume_state_reopens_the_same_run(runs: Path, logdir: Path, tmp_path: P
     # session's folder after its start second and the run id).
     second_dir = tmp_path / "second"
     second, second_log = ship_to_wandb(logdir, second_dir, ship_options={"state_file": state_file})
-    assert second.resume_state() == {"run_id": run_id, "dir": str(second_dir), "events": 3}
+    state = second.resume_state()
+    state.pop("pending", None)  # wandb before 0.31: rows its log did not show at the flush
+    assert state == {"run_id": run_id, "dir": str(second_dir), "events": 3}
     assert run_record(second_log).run_id == run_id
-    assert run_record(second_log).resume
+    record = run_record(second_log)
+    if "resume" in record.DESCRIPTOR.fields_by_name:  # wandb after 0.28; older ones do not
+        assert record.resume  # record (offline) that a session resumes
     assert metric_rows(first_log) == [{"m/loss": 1, "m/step": 1}, {"m/loss": 2, "m/step": 2}]
     assert metric_rows(second_log) == [{"m/loss": 3, "m/step": 3}]
 
@@ -509,9 +513,11 @@ def test_reader_decodes_history_values(tmp_path: Path) -> None:
         item = record.history.item.add()
         item.nested_key.append(key)
         item.value_json = text
-    typed = record.history.item.add()
-    typed.key = "typed"
-    typed.number = -0.0
+    typed_values = "number" in wandb_internal_pb2.HistoryItem.DESCRIPTOR.fields_by_name
+    if typed_values:  # wandb 0.2x on; older items hold JSON only
+        typed = record.history.item.add()
+        typed.key = "typed"
+        typed.number = -0.0
     path = tmp_path / "run-x.wandb"
     path.write_bytes(FILE_HEADER + _chunk(FULL, record.SerializeToString()))
     (row,) = history_rows(path)
@@ -521,7 +527,8 @@ def test_reader_decodes_history_values(tmp_path: Path) -> None:
     assert math.copysign(1.0, row["zero"]) == -1.0
     assert row["big"] == 2**63 - 1
     assert row["x"] == 0.1
-    assert math.copysign(1.0, row["typed"]) == -1.0
+    if typed_values:
+        assert math.copysign(1.0, row["typed"]) == -1.0
 
 
 def _bad_crc() -> tuple[bytes, str, list[bytes]]:

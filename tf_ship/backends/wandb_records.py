@@ -185,9 +185,14 @@ def item_key(item: Any) -> str:  # noqa: ANN401 - a protobuf item
 
 
 def item_value(item: Any) -> Any:  # noqa: ANN401 - a protobuf item, any JSON value
-    """The value of a history item: its ``value_json``, or its typed value when that is unset."""
+    """The value of a history item: its ``value_json``, or its typed value when that is unset.
+
+    Typed values (the ``value`` oneof) exist from wandb 0.2x on; older items have JSON only.
+    """
     if item.value_json:
         return decode_json(item.value_json)
+    if "value" not in item.DESCRIPTOR.oneofs_by_name:
+        return None
     kind = item.WhichOneof("value")
     if kind is None or kind == "none":
         return None
