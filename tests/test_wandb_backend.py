@@ -30,6 +30,7 @@ from tf_ship.backends.wandb_records import (
     TransactionLogError,
     config_of,
     exit_code_of,
+    hidden_metrics,
     history_rows,
     iter_payloads,
     metric_definitions,
@@ -123,6 +124,7 @@ def test_each_event_arrives_once_in_its_row(runs: Path, logdir: Path) -> None:
     for model in ("mymodel", "critic_0"):
         assert definitions[f"{model}/step"] == ""
         assert definitions[f"{model}/*"] == f"{model}/step"
+    assert hidden_metrics(path) == {"mymodel/step", "critic_0/step"}  # no charts of their own
     assert exit_code_of(path) == 0
 
 

@@ -560,7 +560,7 @@ class WandbBackend:
             return  # wandb refuses "*" in metric names; the rows still carry the step
         if model not in self._models:
             self._models.add(model)
-            run.define_metric(x_axis)
+            run.define_metric(x_axis, hidden=True)  # an x-axis, not a chart of its own
             run.define_metric(f"{model}/*", step_metric=x_axis, step_sync=False)
         for key in keys:
             if key in self._keys:

@@ -266,6 +266,15 @@ def metric_definitions(path: str | Path, *, strict: bool = True) -> dict[str, st
     return definitions
 
 
+def hidden_metrics(path: str | Path, *, strict: bool = True) -> set[str]:
+    """The names (or globs) defined with ``define_metric(..., hidden=True)``."""
+    return {
+        str(record.metric.name or record.metric.glob_name)
+        for record in read_records(path, strict=strict)
+        if record.WhichOneof("record_type") == "metric" and record.metric.options.hidden
+    }
+
+
 def transaction_logs(directory: str | Path, run_id: str | None = None) -> list[Path]:
     """The transaction logs of offline runs under a wandb ``dir``, oldest first.
 
@@ -407,6 +416,7 @@ __all__ = [
     "config_of",
     "decode_json",
     "exit_code_of",
+    "hidden_metrics",
     "history_rows",
     "item_key",
     "item_value",
