@@ -361,6 +361,24 @@ def test_run_options_reach_the_run(runs: Path, logdir: Path) -> None:
     assert backend.resume_state()["run_id"] == "tfship1"
 
 
+@pytest.mark.parametrize(("environment", "project"), [(None, "torchfort"), ("mine", "mine")])
+def test_the_default_project_is_torchfort(
+    runs: Path, logdir: Path, monkeypatch: pytest.MonkeyPatch, environment: str | None, project: str
+) -> None:
+    """Without a project the run goes to ``$WANDB_PROJECT``, else to ``torchfort``.
+
+    Not to wandb's own default, a project named after the working directory.
+    """
+    if environment is not None:
+        monkeypatch.setenv("WANDB_PROJECT", environment)
+    write_log(logdir, [line("m", 1, "loss", "1")])
+    backend = WandbBackend(directory=str(runs))
+    assert tf_ship.ship(logdir, {"wandb": backend}, follow=False).ok
+    settle()
+    (path,) = transaction_logs(runs, backend.resume_state()["run_id"])
+    assert run_record(path).project == project
+
+
 # -- the backend's own calls -------------------------------------------------------------------
 
 

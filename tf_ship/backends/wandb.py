@@ -83,11 +83,15 @@ keeps the group it was started with (wandb sets a group when a run starts).
 
 wandb is imported in `open`, never at import time; without it `open` raises
 `FatalBackendError`. The API key is wandb's business: nothing here reads, asks for or prints it.
+An online run starts only when wandb has credentials, and ``wandb.init`` never prompts (see
+`wandb_login`); without a ``--wandb-project`` or ``$WANDB_PROJECT`` the run goes to the project
+``torchfort``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -100,12 +104,22 @@ from typing import Any
 import attrs
 
 from tf_ship.backends.base import FatalBackendError, group_by_model_step
+from tf_ship.backends.wandb_login import (
+    OFFLINE_MODES,
+    base_url,
+    credentials_found,
+    effective_mode,
+    no_credentials_message,
+    stdin_not_a_terminal,
+)
 from tf_ship.backends.wandb_records import TransactionLogTail, history_rows
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
 
 INSTALL_HINT = "the wandb backend needs the wandb package: install tf-ship[wandb]"
+DEFAULT_PROJECT = "torchfort"
+"""The project of runs without ``--wandb-project`` or ``$WANDB_PROJECT``."""
 STEP = "step"
 _STEP_LIKE = re.compile(r"(?:.*/)?step(?: \(metric\))*", re.DOTALL)
 LOG_FLUSH_INTERVAL = 0.05
@@ -388,29 +402,13 @@ class WandbBackend:
         saved_id = _text(run.state.get("run_id"))
         run_id = (self.run_id if run.segment == 0 else None) or saved_id
         directory = self.directory or _text(run.state.get("dir")) or _text(run.first_run.get("dir"))
-        group, name, tags = self._naming(run)
+        mode = self.mode or os.environ.get("WANDB_MODE") or None
+        online = effective_mode(wandb, mode) not in OFFLINE_MODES
+        if online and not credentials_found(wandb):
+            raise FatalBackendError(no_credentials_message(base_url(wandb)))
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
-        settings, durable = self._settings(wandb)
-        try:
-            self._run = wandb.init(
-                project=self.project,
-                entity=self.entity,
-                group=group,
-                tags=tags or None,
-                job_type=self.job_type,
-                name=name,
-                id=run_id,
-                resume="allow" if run_id else None,
-                dir=directory,
-                mode=self.mode or os.environ.get("WANDB_MODE") or None,
-                config=None,
-                reinit="create_new",
-                settings=settings,
-            )
-        except (wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
-            msg = f"wandb refused to start the run: {error}"
-            raise FatalBackendError(msg) from error
+        self._run, durable = self._init(wandb, run, run_id=run_id, directory=directory, mode=mode)
         self._closed = False
         self._resume = {"run_id": str(self._run.id), "dir": self._root_dir(directory)}
         settings = getattr(self._run, "settings", None)
@@ -428,6 +426,45 @@ class WandbBackend:
                 rows = _earlier_rows(current, saved_root)
                 self._count_earlier_sessions(rows, saved if isinstance(saved, int) else None)
         self._flushed_events = self._held
+
+    def _init(
+        self,
+        wandb: Any,  # noqa: ANN401 - the wandb module
+        run: RunInfo,
+        *,
+        run_id: str | None,
+        directory: str | None,
+        mode: str | None,
+    ) -> tuple[Any, bool]:
+        """``wandb.init``, which never prompts: wandb's refusals are fatal.
+
+        Also True when wandb-core writes its log every LOG_FLUSH_INTERVAL.
+        """
+        group, name, tags = self._naming(run)
+        online = effective_mode(wandb, mode) not in OFFLINE_MODES
+        settings, durable = self._settings(wandb)
+        try:
+            with stdin_not_a_terminal() if online else contextlib.nullcontext():
+                return wandb.init(
+                    project=self.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                    entity=self.entity,
+                    group=group,
+                    tags=tags or None,
+                    job_type=self.job_type,
+                    name=name,
+                    id=run_id,
+                    resume="allow" if run_id else None,
+                    dir=directory,
+                    mode=mode,
+                    config=None,
+                    reinit="create_new",
+                    settings=settings,
+                ), durable
+        except (wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
+            msg = f"wandb refused to start the run: {error}"
+            if online and "api key" in str(error).lower().replace("_", " "):
+                msg = no_credentials_message(base_url(wandb))
+            raise FatalBackendError(msg) from error
 
     def _naming(self, run: RunInfo) -> tuple[str | None, str | None, list[str]]:
         """Group, name and tags of the run: a restart's are derived from the first run's."""
