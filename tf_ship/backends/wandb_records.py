@@ -376,6 +376,10 @@ class TransactionLogTail:
             for history in self._new_histories()
         ]
 
+    def new_history_count(self) -> int:
+        """How many history rows the records completed since the last call hold."""
+        return len(self._new_histories())
+
     def new_history_keys(self) -> list[list[str]]:
         """The keys of those rows only: no value is decoded (cheap enough for every flush)."""
         return [[item_key(item) for item in history.item] for history in self._new_histories()]
