@@ -730,6 +730,20 @@ def test_reader_reports_damage_or_recovers(case: Any) -> None:
     assert list(iter_payloads(damaged, strict=False)) == recovered
 
 
+def test_reader_takes_a_log_never_written_for_an_empty_one(tmp_path: Path) -> None:
+    """A killed session of wandb before 0.22 leaves an empty file (no header yet): no records.
+
+    Only without `strict`; strictly, it is too short.
+    """
+    path = tmp_path / "run-x.wandb"
+    for content in (b"", FILE_HEADER[:3]):
+        path.write_bytes(content)
+        assert read_records(path, strict=False) == []
+        assert history_rows(path, strict=False) == []
+        with pytest.raises(TransactionLogError, match="too short"):
+            read_records(path)
+
+
 def test_reader_refuses_other_files(tmp_path: Path) -> None:
     """A file without the wandb header is refused."""
     path = tmp_path / "run-x.wandb"
