@@ -1,9 +1,10 @@
 """A backend that logs to Weights & Biases: one wandb run, one x-axis per model.
 
 Each model gets its own x-axis, the TorchFort step: the first time a model appears the backend
-defines ``<model>/step`` and ``<model>/*`` with ``step_metric="<model>/step"``, then logs the
-lines of one (model, step) together, under that model's step; wandb's cost is per ``run.log``
-call, so the (model, step) groups of different models that follow each other share a row::
+defines ``<model>/step`` (hidden: an x-axis, not a chart of its own) and ``<model>/*`` with
+``step_metric="<model>/step"``, then logs the lines of one (model, step) together, under that
+model's step; wandb's cost is per ``run.log`` call, so the (model, step) groups of different
+models that follow each other share a row::
 
     run.log({"<model>/<metric>": value, ..., "<model>/step": step,
              "<other model>/<metric>": value, ..., "<other model>/step": other_step})
