@@ -36,6 +36,19 @@ def no_credentials_message(base_url: str) -> str:
     )
 
 
+def wandb_settings(wandb: Any) -> Any:  # noqa: ANN401 - the wandb module and its Settings
+    """The settings ``wandb.init`` starts from, read without starting wandb's service.
+
+    ``wandb.setup()`` also starts wandb-core, a second or so that a run without credentials
+    need not wait for; wandb's own ``_setup(start_service=False)`` (0.19.10 to 0.31) does not.
+    """
+    try:
+        setup: Any = importlib.import_module("wandb.sdk.wandb_setup")
+        return setup._setup(start_service=False).settings  # noqa: SLF001
+    except (ImportError, AttributeError, TypeError):
+        return wandb.setup().settings
+
+
 def effective_mode(wandb: Any, mode: str | None) -> str:  # noqa: ANN401 - the wandb module
     """The mode ``wandb.init(mode=mode)`` will use: `mode`, else wandb's own settings.
 
@@ -44,17 +57,17 @@ def effective_mode(wandb: Any, mode: str | None) -> str:  # noqa: ANN401 - the w
     """
     if mode:
         return mode
-    return str(getattr(wandb.setup().settings, "mode", None) or "online")
+    return str(getattr(wandb_settings(wandb), "mode", None) or "online")
 
 
 def base_url(wandb: Any) -> str:  # noqa: ANN401 - the wandb module
     """The server wandb logs in to (``$WANDB_BASE_URL``, its settings, else its default)."""
-    return str(wandb.setup().settings.base_url)
+    return str(wandb_settings(wandb).base_url)
 
 
 def credentials_found(wandb: Any) -> bool:  # noqa: ANN401 - the wandb module
     """True when wandb will find credentials for its base URL without prompting."""
-    settings = wandb.setup().settings
+    settings = wandb_settings(wandb)
     url = str(settings.base_url)
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
@@ -140,4 +153,5 @@ __all__ = [
     "effective_mode",
     "no_credentials_message",
     "stdin_not_a_terminal",
+    "wandb_settings",
 ]
