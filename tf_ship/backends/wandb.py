@@ -691,13 +691,14 @@ class WandbBackend:
         run = self._run
         if run is None:
             return
-        if not run.disabled and run.settings.mode != "shared" and self._tail is not None:
-            if self._durable:
+        if not run.disabled and run.settings.mode != "shared":
+            if self._durable and self._tail is not None:
                 self._acknowledged_step = run.step  # a round trip through wandb-core
                 self._wait_until_logged(self._tail)
             else:
                 self._round_trip(run)
-                self._settle(self._tail)
+                if self._tail is not None:
+                    self._settle(self._tail)
         self._flushed_events = self._held + self._sent
         self._pending = wandb_pending.encode(self._unseen)
         self._handed_over.clear()
@@ -729,7 +730,8 @@ class WandbBackend:
     def _round_trip(run: Any) -> None:  # noqa: ANN401 - a wandb Run
         """Wait until wandb-core's handler took every row (``run.step`` is local before 0.28).
 
-        Reading the summary asks wandb-core for it, behind the rows sent before.
+        Reading the summary asks wandb-core for it, behind the rows sent before. It only keeps
+        the pending rows few: when it fails, more of them are recorded, which is as correct.
         """
         with contextlib.suppress(Exception):
             run.summary.keys()
