@@ -385,7 +385,8 @@ def wandb_runs(root: Path) -> list[TrackerRun]:
     )
     found = []
     for paths in sessions.values():
-        record = run_record(paths[0], strict=False)
+        # a killed session's log may be empty (wandb before 0.22 writes no header until then)
+        record = next(run_record(p, strict=False) for p in paths if p.stat().st_size)
         keys = [key for path in paths for key in _wandb_events(path)]
         tags = ",".join(record.tags)
         found.append(TrackerRun(record.display_name, record.run_group or None, tags, keys))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import json
+import logging
 import math
+import signal
 import struct
 import subprocess
 import sys
+import types
 import zlib
 from pathlib import Path
 from typing import Any
@@ -23,13 +28,15 @@ from wandb_helpers import (
 )
 
 import tf_ship
+from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError
-from tf_ship.backends.wandb import WandbBackend, events_in_row, metric_key, rows
+from tf_ship.backends.wandb import WandbBackend, events_in_row, metric_key, rows, session_logs
 from tf_ship.backends.wandb_records import (
     BLOCK_SIZE,
     TransactionLogError,
     config_of,
     exit_code_of,
+    hidden_metrics,
     history_rows,
     iter_payloads,
     metric_definitions,
@@ -123,6 +130,7 @@ def test_each_event_arrives_once_in_its_row(runs: Path, logdir: Path) -> None:
     for model in ("mymodel", "critic_0"):
         assert definitions[f"{model}/step"] == ""
         assert definitions[f"{model}/*"] == f"{model}/step"
+    assert hidden_metrics(path) == {"mymodel/step", "critic_0/step"}  # no charts of their own
     assert exit_code_of(path) == 0
 
 
@@ -324,9 +332,13 @@ def test_resume_state_reopens_the_same_run(runs: Path, logdir: Path, tmp_path: P
     # session's folder after its start second and the run id).
     second_dir = tmp_path / "second"
     second, second_log = ship_to_wandb(logdir, second_dir, ship_options={"state_file": state_file})
-    assert second.resume_state() == {"run_id": run_id, "dir": str(second_dir), "events": 3}
+    state = second.resume_state()
+    state.pop("pending", None)  # wandb before 0.31: rows its log did not show at the flush
+    assert state == {"run_id": run_id, "dir": str(second_dir), "events": 3}
     assert run_record(second_log).run_id == run_id
-    assert run_record(second_log).resume
+    record = run_record(second_log)
+    if "resume" in record.DESCRIPTOR.fields_by_name:  # wandb after 0.28; older ones do not
+        assert record.resume  # record (offline) that a session resumes
     assert metric_rows(first_log) == [{"m/loss": 1, "m/step": 1}, {"m/loss": 2, "m/step": 2}]
     assert metric_rows(second_log) == [{"m/loss": 3, "m/step": 3}]
 
@@ -353,6 +365,24 @@ def test_run_options_reach_the_run(runs: Path, logdir: Path) -> None:
     assert record.job_type == "eval"
     assert record.display_name == "first try"
     assert backend.resume_state()["run_id"] == "tfship1"
+
+
+@pytest.mark.parametrize(("environment", "project"), [(None, "torchfort"), ("mine", "mine")])
+def test_the_default_project_is_torchfort(
+    runs: Path, logdir: Path, monkeypatch: pytest.MonkeyPatch, environment: str | None, project: str
+) -> None:
+    """Without a project the run goes to ``$WANDB_PROJECT``, else to ``torchfort``.
+
+    Not to wandb's own default, a project named after the working directory.
+    """
+    if environment is not None:
+        monkeypatch.setenv("WANDB_PROJECT", environment)
+    write_log(logdir, [line("m", 1, "loss", "1")])
+    backend = WandbBackend(directory=str(runs))
+    assert tf_ship.ship(logdir, {"wandb": backend}, follow=False).ok
+    settle()
+    (path,) = transaction_logs(runs, backend.resume_state()["run_id"])
+    assert run_record(path).project == project
 
 
 # -- the backend's own calls -------------------------------------------------------------------
@@ -433,6 +463,146 @@ def test_close_releases_the_run_when_finish_raises() -> None:
     assert run.finish_calls == 1
 
 
+# -- rows wandb-core held in memory when the shipper died ---------------------------------------
+
+CRASH_AFTER_FLUSH = """
+import json, os, signal, sys
+from pathlib import Path
+from tf_ship.backends.wandb import WandbBackend
+from tf_ship.shipper.events import MetricEvent, RunInfo
+
+def whole_blocks_only(self, wandb):  # what wandb before 0.31 does (0.31: interval 0)
+    try:
+        return wandb.Settings(console="off", x_transaction_log_flush_interval=0), False
+    except (TypeError, ValueError):
+        return wandb.Settings(console="off"), False
+
+WandbBackend._settings = whole_blocks_only
+runs, state_file, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+backend = WandbBackend(directory=str(runs), project="tf-ship-tests")
+backend.open(RunInfo(runs, runs / "torchfort.log"))
+events = [MetricEvent(m, "loss", step, step / 4) for step in range(count) for m in ("a", "b")]
+backend.log_metrics(events)
+backend.flush()
+state_file.write_text(json.dumps(backend.resume_state()))
+os.kill(os.getpid(), signal.SIGKILL)  # wandb-core exits without writing its last block
+"""
+
+
+def _crash_events(start: int, stop: int) -> list[MetricEvent]:
+    return [
+        MetricEvent(m, "loss", step, step / 4) for step in range(start, stop) for m in ("a", "b")
+    ]
+
+
+def test_rows_wandb_lost_in_a_crash_are_sent_again(runs: Path, tmp_path: Path) -> None:
+    """A wandb-core that writes whole 32 KiB blocks only dies with the shipper after a flush.
+
+    The rows of its last block are lost; the state holds them as pending, and the next session
+    sends exactly those first: every event is in the run once. (What wandb before 0.31 does,
+    forced on 0.31 with a transaction-log flush interval of 0.)
+    """
+    state_file = tmp_path / "state.json"
+    first = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_FLUSH, str(runs), str(state_file), "1000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    state = json.loads(state_file.read_text())
+    assert state["events"] == 2000
+    assert state.get("pending"), state  # rows the log did not show at the flush
+    run_id = state["run_id"]
+    second = WandbBackend(directory=str(runs), project=PROJECT)
+    second.open(RunInfo(tmp_path, tmp_path / "torchfort.log", state=state))  # waits for release
+    (crashed,) = session_logs(runs / "wandb", run_id)[:1]
+    written = sum(events_in_row(row) for row in history_rows(crashed, strict=False))
+    assert written < 2000  # the crash lost rows: the case this test is about
+    second.log_metrics(_crash_events(1000, 1010))  # the replay after the saved cursor
+    second.flush()
+    assert second.resume_state()["events"] == 2020
+    second.close(RunStatus.FINISHED)
+    settle()
+    found = collections.Counter(
+        (model, int(row[f"{model}/step"]), row[f"{model}/loss"])
+        for path in session_logs(runs / "wandb", run_id)
+        for row in history_rows(path, strict=False)
+        for model in ("a", "b")
+        if f"{model}/loss" in row
+    )
+    expected = collections.Counter((e.model, e.step, e.value) for e in _crash_events(0, 1010))
+    assert found == expected
+
+
+def _row(*steps: int) -> list[MetricEvent]:
+    return [MetricEvent("m", "loss", step, step / 2) for step in steps]
+
+
+def _stored(events: list[MetricEvent]) -> dict[str, Any]:
+    """The history row (without wandb's keys) of a one-event row, and its logged values."""
+    return {"m/loss": events[-1].value, "m/step": events[-1].step}
+
+
+@pytest.mark.parametrize(
+    ("written", "lost"),
+    [(0, [[3], [4]]), (1, [[4]])],
+    ids=["none of the pending rows written", "the first pending row written"],
+)
+def test_lost_pending_rows_are_the_unwritten_tail(written: int, lost: list[list[int]]) -> None:
+    """The logs end with a prefix of the pending rows: the rest are the lost ones."""
+    before = [_row(1), _row(2)]
+    pending = [_row(3), _row(4)]
+    earlier = [_stored(row) for row in [*before, *pending[:written]]]
+    found = wandb_pending.lost_rows(earlier, 2 + written, 4, pending, _stored)
+    assert found == [_row(*steps) for steps in lost]
+
+
+def test_pending_rows_that_do_not_match_the_logs_are_not_sent() -> None:
+    """Logs that lack rows before the pending ones, or hold other values, fit no prefix."""
+    pending = [_row(3), _row(4)]
+    assert wandb_pending.lost_rows([_stored(_row(1))], 1, 4, pending, _stored) is None
+    other = [_stored(_row(1)), _stored(_row(2)), {"m/loss": 9.0, "m/step": 3}]
+    assert wandb_pending.lost_rows(other, 3, 4, pending, _stored) is None
+
+
+def test_pending_rows_round_trip_exactly() -> None:
+    """NaN, infinities, -0 and big steps survive the state file's text."""
+    rows_ = [[MetricEvent("a/b", "x", 2**63 - 1, -0.0), MetricEvent("c", "y", -5, math.nan)]]
+    rows_.append([MetricEvent("c", "y", 1, math.inf), MetricEvent("c", "z", 1, 1e-320)])
+    decoded = wandb_pending.decode(json.loads(json.dumps(wandb_pending.encode(rows_))))
+    assert decoded is not None
+    assert [[(e.model, e.metric, e.step) for e in row] for row in decoded] == [
+        [(e.model, e.metric, e.step) for e in row] for row in rows_
+    ]
+    values = [e.value for row in decoded for e in row]
+    assert math.copysign(1, values[0]) == -1
+    assert math.isnan(values[1])
+    assert values[2:] == [math.inf, 1e-320]
+    assert wandb_pending.decode("") == []
+    assert wandb_pending.decode("not json") is None
+
+
+def test_an_online_run_on_an_older_wandb_is_told_once(caplog: pytest.LogCaptureFixture) -> None:
+    """An online run with a wandb before 0.31 says once what a crash may cost (rows twice)."""
+    told = tf_ship.backends.wandb._TOLD_DELIVERY
+    saved = list(told)
+    told.clear()
+    try:
+        old = types.SimpleNamespace(__version__="0.19.10")
+        with caplog.at_level(logging.WARNING, logger="tf_ship"):
+            WandbBackend()._tell_delivery(old, online=False)
+            assert not caplog.records
+            WandbBackend()._tell_delivery(old, online=True)
+            WandbBackend()._tell_delivery(old, online=True)
+        (record,) = caplog.records
+        assert "wandb 0.19.10" in record.getMessage()
+        assert "may appear twice" in record.getMessage()
+    finally:
+        told[:] = saved
+
+
 def test_missing_wandb_is_fatal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without the wandb package, open raises FatalBackendError naming the extra to install."""
     monkeypatch.setitem(sys.modules, "wandb", None)
@@ -509,9 +679,11 @@ def test_reader_decodes_history_values(tmp_path: Path) -> None:
         item = record.history.item.add()
         item.nested_key.append(key)
         item.value_json = text
-    typed = record.history.item.add()
-    typed.key = "typed"
-    typed.number = -0.0
+    typed_values = "number" in wandb_internal_pb2.HistoryItem.DESCRIPTOR.fields_by_name
+    if typed_values:  # wandb 0.2x on; older items hold JSON only
+        typed = record.history.item.add()
+        typed.key = "typed"
+        typed.number = -0.0
     path = tmp_path / "run-x.wandb"
     path.write_bytes(FILE_HEADER + _chunk(FULL, record.SerializeToString()))
     (row,) = history_rows(path)
@@ -521,7 +693,8 @@ def test_reader_decodes_history_values(tmp_path: Path) -> None:
     assert math.copysign(1.0, row["zero"]) == -1.0
     assert row["big"] == 2**63 - 1
     assert row["x"] == 0.1
-    assert math.copysign(1.0, row["typed"]) == -1.0
+    if typed_values:
+        assert math.copysign(1.0, row["typed"]) == -1.0
 
 
 def _bad_crc() -> tuple[bytes, str, list[bytes]]:
@@ -555,6 +728,20 @@ def test_reader_reports_damage_or_recovers(case: Any) -> None:
     with pytest.raises(TransactionLogError, match=strict_error):
         list(iter_payloads(damaged))
     assert list(iter_payloads(damaged, strict=False)) == recovered
+
+
+def test_reader_takes_a_log_never_written_for_an_empty_one(tmp_path: Path) -> None:
+    """A killed session of wandb before 0.22 leaves an empty file (no header yet): no records.
+
+    Only without `strict`; strictly, it is too short.
+    """
+    path = tmp_path / "run-x.wandb"
+    for content in (b"", FILE_HEADER[:3]):
+        path.write_bytes(content)
+        assert read_records(path, strict=False) == []
+        assert history_rows(path, strict=False) == []
+        with pytest.raises(TransactionLogError, match="too short"):
+            read_records(path)
 
 
 def test_reader_refuses_other_files(tmp_path: Path) -> None:

@@ -37,7 +37,12 @@ BACKEND_OPTIONS: Mapping[str, Sequence[BackendOption]] = {
         ),
     ),
     "wandb": (
-        BackendOption("--wandb-project", "project", "wandb project.", aliases=("--wandb_project",)),
+        BackendOption(
+            "--wandb-project",
+            "project",
+            "wandb project [default: $WANDB_PROJECT, else torchfort].",
+            aliases=("--wandb_project",),
+        ),
         BackendOption(
             "--wandb-entity", "entity", "wandb entity (user or team).", aliases=("--wandb_entity",)
         ),

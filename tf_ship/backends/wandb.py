@@ -1,9 +1,10 @@
 """A backend that logs to Weights & Biases: one wandb run, one x-axis per model.
 
 Each model gets its own x-axis, the TorchFort step: the first time a model appears the backend
-defines ``<model>/step`` and ``<model>/*`` with ``step_metric="<model>/step"``, then logs the
-lines of one (model, step) together, under that model's step; wandb's cost is per ``run.log``
-call, so the (model, step) groups of different models that follow each other share a row::
+defines ``<model>/step`` (hidden: an x-axis, not a chart of its own) and ``<model>/*`` with
+``step_metric="<model>/step"``, then logs the lines of one (model, step) together, under that
+model's step; wandb's cost is per ``run.log`` call, so the (model, step) groups of different
+models that follow each other share a row::
 
     run.log({"<model>/<metric>": value, ..., "<model>/step": step,
              "<other model>/<metric>": value, ..., "<other model>/step": other_step})
@@ -57,12 +58,16 @@ interpreter exit). The backend does not tear the service down: other runs of the
 use it.
 
 Durability: wandb-core writes its transaction log (``run-<id>.wandb``, online and offline) in
-32 KiB blocks and, with ``x_transaction_log_flush_interval``, writes the partial block every so
-often; when the process that logged dies, wandb-core exits without writing the rows it still
-holds. So `flush` does more than the round trip: the run is started with a flush interval of
-0.05 s, and `flush` then waits until the run's own transaction log holds every row handed over
-(reading only what the file gained since the last flush). What `flush` acknowledged survives a
-crash of the shipper (not of the machine: wandb-core does not fsync).
+32 KiB blocks and, with ``x_transaction_log_flush_interval`` (wandb 0.31 on), writes the
+partial block every so often; when the process that logged dies, wandb-core exits without
+writing the rows it still holds. So `flush` does more than the round trip: the run is started
+with a flush interval of 0.05 s, and `flush` then waits until the run's own transaction log
+holds every row handed over (reading only what the file gained since the last flush). An older
+wandb cannot be asked to write the partial block (its writer writes whole blocks and, at the
+end, the rest); there `flush` records the rows its log does not show yet in the resume state,
+which tf-ship saves with the cursor, and a later session sends again those the crashed
+session's log lacks (`wandb_pending`). Either way, what `flush` acknowledged survives a crash
+of the shipper (not of the machine: wandb-core does not fsync).
 
 Resuming: `resume_state` gives the run id and directory, and `open` resumes that run
 (``resume="allow"``). Online, wandb continues the same run. Offline, each session writes a new
@@ -73,6 +78,8 @@ that point (handed over after the last flush), so `open` waits until the previou
 wandb-core released their transaction logs, counts the metric values their history rows hold,
 and skips that many more events of the replay, each checked against the rows it stands for; at
 the first event that does not match, it stops skipping and sends the rest (a warning says so).
+When they hold fewer events than the state counts, the missing rows are the tail of the pending
+rows the state kept (older wandb), which `open` sends first.
 
 Application restarts (``--on-restart new-run``): the backend is closed and opened again for the
 next segment of the log, which becomes a new run (a new id, even when ``--wandb-id`` named the
@@ -83,13 +90,16 @@ keeps the group it was started with (wandb sets a group when a run starts).
 
 wandb is imported in `open`, never at import time; without it `open` raises
 `FatalBackendError`. The API key is wandb's business: nothing here reads, asks for or prints it.
+An online run starts only when wandb has credentials, and ``wandb.init`` never prompts (see
+`wandb_login`); without a ``--wandb-project`` or ``$WANDB_PROJECT`` the run goes to the project
+``torchfort``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-import math
 import os
 import re
 import time
@@ -99,21 +109,36 @@ from typing import Any
 
 import attrs
 
+from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError, group_by_model_step
+from tf_ship.backends.wandb_login import (
+    OFFLINE_MODES,
+    base_url,
+    credentials_found,
+    effective_mode,
+    no_credentials_message,
+    stdin_not_a_terminal,
+)
 from tf_ship.backends.wandb_records import TransactionLogTail, history_rows
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
 
 INSTALL_HINT = "the wandb backend needs the wandb package: install tf-ship[wandb]"
+DEFAULT_PROJECT = "torchfort"
+"""The project of runs without ``--wandb-project`` or ``$WANDB_PROJECT``."""
 STEP = "step"
 _STEP_LIKE = re.compile(r"(?:.*/)?step(?: \(metric\))*", re.DOTALL)
 LOG_FLUSH_INTERVAL = 0.05
 """Seconds between two writes of wandb-core's partial block to the transaction log."""
 DURABLE_TIMEOUT = 30.0
 """Seconds `flush` waits for the transaction log to hold every row (then it fails, to retry)."""
+SETTLE_TIMEOUT = 1.0
+"""Seconds `flush` at most watches an older wandb-core write (see `wandb_pending`)."""
 RELEASE_TIMEOUT = 30.0
 """Seconds `open` waits for a crashed session's wandb-core to let go of its transaction log."""
+_TOLD_DELIVERY: list[bool] = []
+"""Not empty once the delivery of an older wandb was announced (once per process)."""
 
 
 def step_key(model: str) -> str:
@@ -311,12 +336,12 @@ def _earlier_rows(current: Path, saved_root: str | None) -> list[dict[str, Any]]
     return rows
 
 
-def _same_value(stored: Any, value: float) -> bool:  # noqa: ANN401 - a decoded JSON value
-    if not isinstance(stored, (int, float)) or isinstance(stored, bool):
-        return False
-    if math.isnan(value):
-        return math.isnan(stored)
-    return float(stored) == value
+def _logged_values(events: Sequence[MetricEvent]) -> dict[str, Any]:
+    """The keys and values the row of these events holds (x-axes included)."""
+    values: dict[str, Any] = {}
+    for row in rows(events):
+        values.update(row.values)
+    return values
 
 
 class WandbBackend:
@@ -369,9 +394,14 @@ class WandbBackend:
         """Events this session handed over (not counting skipped ones)."""
         self._flushed_events = 0
         """Events the run holds as of the last flush: what the resume state records."""
-        self._in_log = 0
-        """Events of this session found in its own transaction log."""
+        self._unseen: collections.deque[list[MetricEvent]] = collections.deque()
+        """Rows handed over that this session's transaction log does not show yet."""
+        self._pending = ""
+        """The rows unseen as of the last flush, for the resume state (`wandb_pending`)."""
         self._tail: TransactionLogTail | None = None
+        self._durable = False
+        """True when wandb-core writes its log on a timer, so that `flush` can wait for it."""
+        self._resend: list[list[MetricEvent]] = []
         self._skip = 0
         self._expected: collections.deque[dict[str, Any]] = collections.deque()
         self._closed = False
@@ -388,29 +418,13 @@ class WandbBackend:
         saved_id = _text(run.state.get("run_id"))
         run_id = (self.run_id if run.segment == 0 else None) or saved_id
         directory = self.directory or _text(run.state.get("dir")) or _text(run.first_run.get("dir"))
-        group, name, tags = self._naming(run)
+        mode = self.mode or os.environ.get("WANDB_MODE") or None
+        online = effective_mode(wandb, mode) not in OFFLINE_MODES
+        if online and not credentials_found(wandb):
+            raise FatalBackendError(no_credentials_message(base_url(wandb)))
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
-        settings, durable = self._settings(wandb)
-        try:
-            self._run = wandb.init(
-                project=self.project,
-                entity=self.entity,
-                group=group,
-                tags=tags or None,
-                job_type=self.job_type,
-                name=name,
-                id=run_id,
-                resume="allow" if run_id else None,
-                dir=directory,
-                mode=self.mode or os.environ.get("WANDB_MODE") or None,
-                config=None,
-                reinit="create_new",
-                settings=settings,
-            )
-        except (wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
-            msg = f"wandb refused to start the run: {error}"
-            raise FatalBackendError(msg) from error
+        self._run = self._init(wandb, run, run_id=run_id, directory=directory, mode=mode)
         self._closed = False
         self._resume = {"run_id": str(self._run.id), "dir": self._root_dir(directory)}
         settings = getattr(self._run, "settings", None)
@@ -420,14 +434,60 @@ class WandbBackend:
         self._view = f"wandb sync {sync_dir}" if offline and sync_dir else (url or None)
         if sync_dir:
             current = Path(sync_dir) / f"run-{self._run.id}.wandb"
-            if durable:
-                self._tail = TransactionLogTail(current)
+            self._tail = TransactionLogTail(current)
             if run_id:
-                saved = run.state.get("events") if run_id == saved_id else None
-                saved_root = _text(run.state.get("dir")) if run_id == saved_id else None
-                rows = _earlier_rows(current, saved_root)
-                self._count_earlier_sessions(rows, saved if isinstance(saved, int) else None)
-        self._flushed_events = self._held
+                self._resume_sessions(run, current, own=run_id == saved_id)
+            if not self._durable:
+                self._tell_delivery(wandb, online=online)
+        for events in self._resend:
+            self._hand_over(self._run, events)
+        self._resend = []
+        self._flushed_events = self._held + self._sent
+        self._pending = wandb_pending.encode(self._unseen)
+
+    def _init(
+        self,
+        wandb: Any,  # noqa: ANN401 - the wandb module
+        run: RunInfo,
+        *,
+        run_id: str | None,
+        directory: str | None,
+        mode: str | None,
+    ) -> Any:  # noqa: ANN401 - a wandb Run
+        """``wandb.init``, which never prompts: wandb's refusals are fatal."""
+        group, name, tags = self._naming(run)
+        online = effective_mode(wandb, mode) not in OFFLINE_MODES
+        settings, self._durable = self._settings(wandb)
+        try:
+            with stdin_not_a_terminal() if online else contextlib.nullcontext():
+                return wandb.init(
+                    project=self.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                    entity=self.entity,
+                    group=group,
+                    tags=tags or None,
+                    job_type=self.job_type,
+                    name=name,
+                    id=run_id,
+                    resume="allow" if run_id else None,
+                    dir=directory,
+                    mode=mode,
+                    config=None,
+                    reinit="create_new",
+                    settings=settings,
+                )
+        except (wandb.errors.AuthenticationError, wandb.errors.UsageError) as error:
+            msg = f"wandb refused to start the run: {error}"
+            if online and "api key" in str(error).lower().replace("_", " "):
+                msg = no_credentials_message(base_url(wandb))
+            raise FatalBackendError(msg) from error
+
+    def _resume_sessions(self, run: RunInfo, current: Path, *, own: bool) -> None:
+        """Count what the sessions before `current` wrote, against the state when it is own."""
+        saved = run.state.get("events") if own else None
+        pending = wandb_pending.decode(run.state.get("pending")) if own else []
+        saved_root = _text(run.state.get("dir")) if own else None
+        rows = _earlier_rows(current, saved_root)
+        self._count_earlier_sessions(rows, saved if isinstance(saved, int) else None, pending)
 
     def _naming(self, run: RunInfo) -> tuple[str | None, str | None, list[str]]:
         """Group, name and tags of the run: a restart's are derived from the first run's."""
@@ -445,11 +505,32 @@ class WandbBackend:
             return wandb.Settings(
                 console="off", x_transaction_log_flush_interval=LOG_FLUSH_INTERVAL
             ), True
-        except (TypeError, ValueError):  # a wandb without the setting
+        except (TypeError, ValueError):  # a wandb before 0.31: see wandb_pending
             return wandb.Settings(console="off"), False
 
-    def _count_earlier_sessions(self, rows: list[dict[str, Any]], saved: int | None) -> None:
-        """Count the events earlier sessions wrote; plan to skip those past the saved count."""
+    def _tell_delivery(self, wandb: Any, *, online: bool) -> None:  # noqa: ANN401 - wandb
+        """Say once per process what an online run gets from a wandb before 0.31."""
+        if not online or _TOLD_DELIVERY:
+            return
+        _TOLD_DELIVERY.append(True)
+        logger.warning(
+            "wandb %s writes its transaction log only in 32 KiB blocks: after a crash of "
+            "tf-ship, the rows of the last block are sent again and may appear twice in the "
+            "online run (wandb >= 0.31 avoids this; offline runs get every row once)",
+            getattr(wandb, "__version__", "?"),
+        )
+
+    def _count_earlier_sessions(
+        self,
+        rows: list[dict[str, Any]],
+        saved: int | None,
+        pending: list[list[MetricEvent]] | None,
+    ) -> None:
+        """Count the events earlier sessions wrote; plan what to skip or send again.
+
+        Past the saved count: the replay's first events are in the run already (skipped).
+        Short of it: the rows the state kept as pending that the logs lack are sent again.
+        """
         held = 0
         tail: list[dict[str, Any]] = []
         for row in rows:
@@ -463,6 +544,18 @@ class WandbBackend:
         if saved is None:
             return
         if held < saved:
+            lost = None
+            if pending:
+                earlier = [_metric_items(row) for row in rows]
+                lost = wandb_pending.lost_rows(earlier, held, saved, pending, _logged_values)
+            if lost:
+                self._resend = lost
+                logger.info(
+                    "wandb: %d events acknowledged before the crash were not in wandb's "
+                    "transaction log; sending them again",
+                    saved - held,
+                )
+                return
             logger.warning(
                 "wandb: the run holds %d events, %d fewer than acknowledged before the crash "
                 "(wandb lost them); they are not sent again",
@@ -491,9 +584,13 @@ class WandbBackend:
     def resume_state(self) -> dict[str, Any]:
         """The run id and wandb directory, for `open` to resume the same run next time.
 
-        Also how many events the run holds as of the last flush, to recognise a replay's rows.
+        Also how many events the run holds as of the last flush, to recognise a replay's rows,
+        and (wandb before 0.31) the rows its transaction log did not show yet then.
         """
-        return {**self._resume, "events": self._flushed_events}
+        state: dict[str, Any] = {**self._resume, "events": self._flushed_events}
+        if self._pending:
+            state["pending"] = self._pending
+        return state
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -510,6 +607,11 @@ class WandbBackend:
         handed_over = self._handed_over
         if handed_over:
             batch = [e for e in batch if e.offset < 0 or (e.file, e.offset) not in handed_over]
+        self._hand_over(run, batch)
+
+    def _hand_over(self, run: Any, batch: Sequence[MetricEvent]) -> None:  # noqa: ANN401
+        """Log the events as rows, remembering each until the transaction log shows it."""
+        handed_over = self._handed_over
         for row in rows(batch):
             for model, keys in row.keys_by_model.items():
                 self._define(run, model, keys)
@@ -517,6 +619,8 @@ class WandbBackend:
             self._rows += 1
             self._sent += len(row.events)
             handed_over.update((e.file, e.offset) for e in row.events if e.offset >= 0)
+            if self._tail is not None:
+                self._unseen.append(row.events)
 
     def _skip_persisted(self, batch: Sequence[MetricEvent]) -> Sequence[MetricEvent]:
         """Leave out the events an earlier session persisted after its last saved cursor."""
@@ -547,7 +651,7 @@ class WandbBackend:
         key = metric_key(event.model, event.metric)
         if key not in row or row.get(step_key(event.model)) != event.step:
             return False
-        if not _same_value(row.pop(key), event.value):
+        if not wandb_pending.same_value(row.pop(key), event.value):
             return False
         if not events_in_row(row):
             self._expected.popleft()
@@ -560,7 +664,7 @@ class WandbBackend:
             return  # wandb refuses "*" in metric names; the rows still carry the step
         if model not in self._models:
             self._models.add(model)
-            run.define_metric(x_axis)
+            run.define_metric(x_axis, hidden=True)  # an x-axis, not a chart of its own
             run.define_metric(f"{model}/*", step_metric=x_axis, step_sync=False)
         for key in keys:
             if key in self._keys:
@@ -576,36 +680,70 @@ class WandbBackend:
         return any(other != model and key.startswith(f"{other}/") for other in self._models)
 
     def flush(self) -> None:
-        """Wait until every row so far is in the run's transaction log (wandb has no flush).
+        """Make every row so far survive a crash of tf-ship (wandb has no flush).
 
-        A round trip through wandb-core first (its handler has then taken every row), then
-        polling of the transaction log, which wandb-core writes every LOG_FLUSH_INTERVAL.
+        wandb 0.31 on: a round trip through wandb-core (its handler has then taken every row),
+        then polling of the transaction log, which wandb-core writes every LOG_FLUSH_INTERVAL,
+        until it shows every row. Older wandb writes it only in 32 KiB blocks: after the round
+        trip and a short look at what it writes, the rows it does not show yet are recorded in
+        the resume state instead (`wandb_pending`).
         """
         run = self._run
         if run is None:
             return
         if not run.disabled and run.settings.mode != "shared":
-            self._acknowledged_step = run.step  # a round trip through wandb-core
-            if self._tail is not None:
+            if self._durable and self._tail is not None:
+                self._acknowledged_step = run.step  # a round trip through wandb-core
                 self._wait_until_logged(self._tail)
+            else:
+                self._round_trip(run)
+                if self._tail is not None:
+                    self._settle(self._tail)
         self._flushed_events = self._held + self._sent
+        self._pending = wandb_pending.encode(self._unseen)
         self._handed_over.clear()
+
+    def _take_logged(self, tail: TransactionLogTail) -> bool:
+        """Forget the rows the transaction log now shows; True when it showed new ones."""
+        written = tail.new_history_count()
+        for _ in range(min(written, len(self._unseen))):
+            self._unseen.popleft()
+        return written > 0
 
     def _wait_until_logged(self, tail: TransactionLogTail) -> None:
         deadline = time.monotonic() + DURABLE_TIMEOUT
         interval = 0.005
         while True:
-            self._in_log += sum(events_in_row(keys) for keys in tail.new_history_keys())
-            if self._in_log >= self._sent:
+            self._take_logged(tail)
+            if not self._unseen:
                 return
             if time.monotonic() >= deadline:
                 msg = (
-                    f"wandb's transaction log {tail.path} holds {self._in_log} of "
-                    f"{self._sent} events after {DURABLE_TIMEOUT:g} s"
+                    f"wandb's transaction log {tail.path} lacks {len(self._unseen)} of the rows "
+                    f"handed over after {DURABLE_TIMEOUT:g} s"
                 )
                 raise TimeoutError(msg)
             time.sleep(interval)
             interval = min(interval * 2, LOG_FLUSH_INTERVAL)
+
+    @staticmethod
+    def _round_trip(run: Any) -> None:  # noqa: ANN401 - a wandb Run
+        """Wait until wandb-core's handler took every row (``run.step`` is local before 0.28).
+
+        Reading the summary asks wandb-core for it, behind the rows sent before. It only keeps
+        the pending rows few: when it fails, more of them are recorded, which is as correct.
+        """
+        with contextlib.suppress(Exception):
+            run.summary.keys()
+
+    def _settle(self, tail: TransactionLogTail) -> None:
+        """Take what the writer still writes after the round trip: until two looks show nothing."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        quiet = 0
+        while self._unseen and quiet < 2 and time.monotonic() < deadline:
+            quiet = 0 if self._take_logged(tail) else quiet + 1
+            if self._unseen and quiet < 2:
+                time.sleep(0.005)
 
     def close(self, status: RunStatus) -> None:
         """Finish the run: exit code 1 for FAILED, else 0; a second call does nothing."""
@@ -614,6 +752,7 @@ class WandbBackend:
         self._closed = True
         run, self._run = self._run, None
         self._handed_over.clear()
+        self._unseen.clear()
         if run is None:
             return
         run.finish(exit_code=1 if status is RunStatus.FAILED else 0)

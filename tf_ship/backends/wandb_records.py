@@ -21,8 +21,9 @@ zeros. The checksum is the standard (IEEE, zlib) CRC-32 of the type byte and the
 Each record's bytes are one serialized ``wandb.proto.wandb_internal_pb2.Record``.
 
 wandb-core's writer keeps the current 32 KiB block in memory and writes it only when it is
-full or when the run finishes, so a file read while its run is alive lags behind; a file whose
-writer died ends with a torn block (`read_records` with ``strict=False`` keeps what is whole).
+full, when the run finishes or (wandb 0.31 on) every ``x_transaction_log_flush_interval``, so a
+file read while its run is alive lags behind; a file whose writer died ends with a torn block
+(`read_records` with ``strict=False`` keeps what is whole).
 
 Values are JSON text (``value_json``): `decode_json` reads them with NaN, ``Infinity`` and
 ``-Infinity`` as floats, integers exactly (beyond 2**53 too), and ``-0`` (wandb-core's spelling
@@ -71,8 +72,15 @@ def iter_payloads(data: bytes, *, strict: bool = True) -> Iterator[bytes]:
     length past its block), chunks out of order, a torn end. Without it, recovery works as in
     wandb's own reader: the rest of a block with a bad chunk is skipped, a continuation chunk
     without its beginning is skipped, a record interrupted by a new one is dropped, and a torn
-    end is ignored.
+    end is ignored, and so is a file shorter than its header (wandb before 0.22 writes the header
+    with the first full block: a session that died before has an empty file).
     """
+    if _never_written(data) and not strict:
+        return iter(())
+    return _payloads(data, strict=strict)
+
+
+def _payloads(data: bytes, *, strict: bool) -> Iterator[bytes]:
     _check_header(data)
     pieces: list[bytes] | None = None  # the chunks of a record begun and not yet ended
     for position, kind, payload in _chunks(data, strict=strict):
@@ -95,6 +103,11 @@ def iter_payloads(data: bytes, *, strict: bool = True) -> Iterator[bytes]:
     if pieces is not None and strict:
         msg = "the last record is torn (its last chunk is missing)"
         raise TransactionLogError(msg)
+
+
+def _never_written(data: bytes) -> bool:
+    """True for the content of a log whose writer wrote not even the whole header."""
+    return len(data) < HEADER.size and HEADER.pack(IDENT, MAGIC, VERSION).startswith(data)
 
 
 def _check_header(data: bytes) -> None:
@@ -185,9 +198,14 @@ def item_key(item: Any) -> str:  # noqa: ANN401 - a protobuf item
 
 
 def item_value(item: Any) -> Any:  # noqa: ANN401 - a protobuf item, any JSON value
-    """The value of a history item: its ``value_json``, or its typed value when that is unset."""
+    """The value of a history item: its ``value_json``, or its typed value when that is unset.
+
+    Typed values (the ``value`` oneof) exist from wandb 0.2x on; older items have JSON only.
+    """
     if item.value_json:
         return decode_json(item.value_json)
+    if "value" not in item.DESCRIPTOR.oneofs_by_name:
+        return None
     kind = item.WhichOneof("value")
     if kind is None or kind == "none":
         return None
@@ -259,6 +277,15 @@ def metric_definitions(path: str | Path, *, strict: bool = True) -> dict[str, st
             if name:
                 definitions[str(name)] = str(metric.step_metric)
     return definitions
+
+
+def hidden_metrics(path: str | Path, *, strict: bool = True) -> set[str]:
+    """The names (or globs) defined with ``define_metric(..., hidden=True)``."""
+    return {
+        str(record.metric.name or record.metric.glob_name)
+        for record in read_records(path, strict=strict)
+        if record.WhichOneof("record_type") == "metric" and record.metric.options.hidden
+    }
 
 
 def transaction_logs(directory: str | Path, run_id: str | None = None) -> list[Path]:
@@ -362,6 +389,10 @@ class TransactionLogTail:
             for history in self._new_histories()
         ]
 
+    def new_history_count(self) -> int:
+        """How many history rows the records completed since the last call hold."""
+        return len(self._new_histories())
+
     def new_history_keys(self) -> list[list[str]]:
         """The keys of those rows only: no value is decoded (cheap enough for every flush)."""
         return [[item_key(item) for item in history.item] for history in self._new_histories()]
@@ -402,6 +433,7 @@ __all__ = [
     "config_of",
     "decode_json",
     "exit_code_of",
+    "hidden_metrics",
     "history_rows",
     "item_key",
     "item_value",
