@@ -65,3 +65,19 @@ def test_floor_pins_follow_extras_keep_markers_and_skip_what_has_no_floor() -> N
         "wandb==0.22.3",
         "crc32c==2.4",
     ]
+
+
+def test_floors_that_conflict_get_an_environment_of_their_own() -> None:
+    """The `apart` extras are pinned and tested alone; the other trackers together, without them."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    module = oldest_module()
+    apart = tuple(pyproject["tool"]["tf-ship"]["oldest"]["apart"])
+    plan = dict(module.environments(pyproject))
+    assert plan["apart"] == apart
+    assert not set(plan["trackers"]) & set(apart)
+    assert {"wandb", "mlflow", "tensorboard"} <= set(plan["trackers"])
+    together = module.tests_for(plan["trackers"], apart)
+    alone = module.tests_for(plan["apart"], apart)
+    assert alone == [f"tests/test_{name}_backend.py" for name in apart]
+    assert "tests/test_wandb_backend.py" in together
+    assert not set(together) & set(alone)
