@@ -42,10 +42,12 @@ def test_jsonl_passes_as_at_least_once(tmp_path: Path) -> None:
 
 
 def test_null_passes(tmp_path: Path) -> None:
+    """It stores nothing: only the calls are checked."""
     check_backend(NullBackend, workdir=tmp_path)
 
 
 def test_tensorboard_passes(tmp_path: Path) -> None:
+    """Read back with TensorBoard's own EventAccumulator, every run folder."""
     pytest.importorskip("tensorboardX")
     from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
 
@@ -83,6 +85,7 @@ def csv_backend() -> Iterator[Any]:
 
 
 def csv_rows(path: Path) -> list[StoredEvent]:
+    """The rows of the CSV file, header checked."""
     with path.open(newline="", encoding="utf-8") as stream:
         reader = csv.reader(stream)
         assert next(reader) == ["model", "metric", "step", "value"]
@@ -90,6 +93,7 @@ def csv_rows(path: Path) -> list[StoredEvent]:
 
 
 def failing_fsync() -> Any:
+    """A context in which fsync fails, as on a broken disk."""
     return mock.patch("os.fsync", side_effect=OSError("fsync failed on purpose"))
 
 
@@ -105,6 +109,7 @@ def test_the_csv_example_passes_with_a_real_failed_fsync(tmp_path: Path, csv_bac
 
 
 def test_the_csv_example_passes(tmp_path: Path, csv_backend: Any) -> None:
+    """A failed flush that stored nothing: the re-sent batch is written once."""
     out = tmp_path / "metrics.csv"
     check_backend(lambda: csv_backend(str(out)), read_back=lambda: csv_rows(out), workdir=tmp_path)
 
@@ -122,35 +127,46 @@ class MemoryBackend:
         self.closed = False
 
     def open(self, run: RunInfo) -> None:
+        """Reset; reopen the run named by the state."""
         self.unflushed = set()
         self.closed = False
         self.run_id = str(run.state.get("run_id") or f"run-{run.segment}")
 
     def log_config(self, config: ModelConfig) -> None:
-        pass
+        """Configs are not kept."""
 
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Store the events not handed over since the last flush."""
         new = [e for e in batch if (e.file, e.offset) not in self.unflushed]
         self.store.extend((e.model, e.metric, e.step, e.value) for e in new)
         self.unflushed.update((e.file, e.offset) for e in new)
 
     def flush(self) -> None:
+        """Everything is stored already."""
         self.unflushed.clear()
 
     def close(self, status: RunStatus) -> None:  # noqa: ARG002 - no status to keep
+        """Mark closed."""
         self.closed = True
 
     def resume_state(self) -> dict[str, Any]:
+        """The run to reopen."""
         return {"run_id": self.run_id}
 
 
 class DoublingBackend(MemoryBackend):
+    """Stores a re-sent batch again."""
+
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
+        """Store every event handed over."""
         self.store.extend((e.model, e.metric, e.step, e.value) for e in batch)
 
 
 class CloseTwiceBackend(MemoryBackend):
+    """Raises on a second close."""
+
     def close(self, status: RunStatus) -> None:
+        """Close once; raise the second time."""
         if self.closed:
             msg = "already closed"
             raise RuntimeError(msg)
@@ -158,16 +174,21 @@ class CloseTwiceBackend(MemoryBackend):
 
 
 class SetStateBackend(MemoryBackend):
+    """Returns a set in its resume state."""
+
     def resume_state(self) -> dict[str, Any]:
+        """Not JSON: a set."""
         return {"run_id": self.run_id, "seen": {1, 2}}
 
 
 def test_a_correct_memory_backend_passes(tmp_path: Path) -> None:
+    """The broken ones below differ from it in one method each."""
     store: list[StoredEvent] = []
     check_backend(lambda: MemoryBackend(store), read_back=lambda: store, workdir=tmp_path)
 
 
 def test_a_backend_that_doubles_a_re_sent_batch_fails(tmp_path: Path) -> None:
+    """The message counts the doubled events and names one."""
     store: list[StoredEvent] = []
     with pytest.raises(ConformanceError) as caught:
         check_backend(lambda: DoublingBackend(store), read_back=lambda: store, workdir=tmp_path)
@@ -178,6 +199,7 @@ def test_a_backend_that_doubles_a_re_sent_batch_fails(tmp_path: Path) -> None:
 
 
 def test_a_doubling_backend_passes_when_declared_at_least_once(tmp_path: Path) -> None:
+    """at_least_once=True allows the doubling."""
     store: list[StoredEvent] = []
     check_backend(
         lambda: DoublingBackend(store),
@@ -188,6 +210,7 @@ def test_a_doubling_backend_passes_when_declared_at_least_once(tmp_path: Path) -
 
 
 def test_a_backend_whose_second_close_raises_fails(tmp_path: Path) -> None:
+    """The message names the second close."""
     store: list[StoredEvent] = []
     with pytest.raises(ConformanceError) as caught:
         check_backend(lambda: CloseTwiceBackend(store), read_back=lambda: store, workdir=tmp_path)
@@ -198,6 +221,7 @@ def test_a_backend_whose_second_close_raises_fails(tmp_path: Path) -> None:
 
 
 def test_a_backend_whose_resume_state_is_not_json_fails(tmp_path: Path) -> None:
+    """The message names JSON and the state file."""
     store: list[StoredEvent] = []
     with pytest.raises(ConformanceError) as caught:
         check_backend(lambda: SetStateBackend(store), read_back=lambda: store, workdir=tmp_path)
@@ -208,8 +232,9 @@ def test_a_backend_whose_resume_state_is_not_json_fails(tmp_path: Path) -> None:
 
 
 def test_an_object_without_the_five_methods_fails(tmp_path: Path) -> None:
+    """The message names the missing methods."""
     with pytest.raises(ConformanceError) as caught:
-        check_backend(lambda: object(), workdir=tmp_path)  # type: ignore[arg-type,return-value]
+        check_backend(object, workdir=tmp_path)  # type: ignore[arg-type,return-value]
     assert str(caught.value) == (
         "object has no open, log_config, log_metrics, flush, close: a backend needs the five "
         "methods of tf_ship.Backend (open, log_config, log_metrics, flush, close)"
