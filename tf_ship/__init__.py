@@ -17,24 +17,25 @@ from typing import Any as _Any
 __version__ = "0.1.0"
 
 if _TYPE_CHECKING:
-    from tf_ship.backends.base import (
-        Backend,
-        BackendError,
-        FatalBackendError,
-        PermanentBackendError,
-        ResumableBackend,
-        group_by_model_step,
-    )
+    from tf_ship.backends.base import group_by_model_step
     from tf_ship.backends.registry import (
         available_backends,
         create_backend,
     )
-    from tf_ship.shipper.events import (
+    from tf_ship.contract import (
+        Backend,
+        BackendError,
+        FatalBackendError,
         FileIdentity,
         MetricEvent,
         ModelConfig,
+        PermanentBackendError,
+        ResumableBackend,
         RunInfo,
         RunStatus,
+    )
+    from tf_ship.errors import TfShipError
+    from tf_ship.shipper.events import (
         SkippedLine,
         SkipReason,
     )
@@ -50,21 +51,22 @@ if _TYPE_CHECKING:
     )
 
 _EXPORTS = {
-    "Backend": "tf_ship.backends.base",
-    "BackendError": "tf_ship.backends.base",
-    "FatalBackendError": "tf_ship.backends.base",
-    "PermanentBackendError": "tf_ship.backends.base",
-    "ResumableBackend": "tf_ship.backends.base",
+    "Backend": "tf_ship.contract",
+    "BackendError": "tf_ship.contract",
+    "FatalBackendError": "tf_ship.contract",
+    "PermanentBackendError": "tf_ship.contract",
+    "ResumableBackend": "tf_ship.contract",
     "group_by_model_step": "tf_ship.backends.base",
     "available_backends": "tf_ship.backends.registry",
     "create_backend": "tf_ship.backends.registry",
-    "FileIdentity": "tf_ship.shipper.events",
-    "MetricEvent": "tf_ship.shipper.events",
-    "ModelConfig": "tf_ship.shipper.events",
-    "RunInfo": "tf_ship.shipper.events",
-    "RunStatus": "tf_ship.shipper.events",
+    "FileIdentity": "tf_ship.contract",
+    "MetricEvent": "tf_ship.contract",
+    "ModelConfig": "tf_ship.contract",
+    "RunInfo": "tf_ship.contract",
+    "RunStatus": "tf_ship.contract",
     "SkippedLine": "tf_ship.shipper.events",
     "SkipReason": "tf_ship.shipper.events",
+    "TfShipError": "tf_ship.errors",
     "LineParser": "tf_ship.shipper.parse",
     "LogNotFoundError": "tf_ship.shipper.ship",
     "ShipOptions": "tf_ship.shipper.ship",
@@ -108,6 +110,7 @@ __all__ = [
     "Shipper",
     "SkipReason",
     "SkippedLine",
+    "TfShipError",
     "__version__",
     "available_backends",
     "create_backend",

@@ -21,6 +21,7 @@ import click
 
 from tf_ship import exit_codes
 from tf_ship.backends.options import BACKEND_OPTIONS, BackendOption
+from tf_ship.errors import TfShipError
 from tf_ship.redaction import RedactingFormatter, protect_standard_streams, remember_secrets_in
 
 if sys.version_info >= (3, 11):
@@ -38,7 +39,7 @@ ENV_PREFIX = "TF_SHIP_"
 Decorator = Callable[[Any], Any]
 
 
-class StartupError(click.ClickException):
+class StartupError(click.ClickException, TfShipError):
     """Something to fix before anything ships: one line, ``tf-ship: error: ...``, exit 2."""
 
     exit_code = EXIT_USAGE

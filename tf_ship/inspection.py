@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from tf_ship.backends.mlflow import KeyMap, sanitize_key
+from tf_ship.errors import TfShipError
 from tf_ship.shipper.configs import (
     CONFIG_GLOB,
     MAX_CONFIG_BYTES,
@@ -57,7 +58,7 @@ _STEP = operator.attrgetter("step")
 _VALUE = operator.attrgetter("value")
 
 
-class InspectError(Exception):
+class InspectError(TfShipError):
     """The log cannot be inspected (missing, unreadable), or a plot cannot be made."""
 
 

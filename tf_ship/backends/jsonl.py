@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tf_ship.backends.base import FatalBackendError
-from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.contract import FatalBackendError, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 
 def json_number(value: float) -> float | str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.contract import MetricEvent, ModelConfig, RunInfo, RunStatus
 
 
 class NullBackend:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from tf_ship.backends.base import Backend
+from tf_ship.contract import Backend
+from tf_ship.errors import TfShipError
 
 ENTRY_POINT_GROUP = "tf_ship.backends"
 BUILTIN_BACKENDS: Mapping[str, str] = {
@@ -28,7 +29,7 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
 BackendFactory = Callable[..., Backend]
 
 
-class UnknownBackendError(LookupError):
+class UnknownBackendError(LookupError, TfShipError):
     """No built-in, plugin or importable class has that name."""
 
 

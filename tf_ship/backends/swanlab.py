@@ -19,10 +19,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tf_ship.backends.base import FatalBackendError
 from tf_ship.backends.swanlab_files import scalars, session_dirs
 from tf_ship.backends.swanlab_keys import KeyMap, metric_name, step_name
-from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.contract import (
+    FatalBackendError,
+    FileIdentity,
+    MetricEvent,
+    ModelConfig,
+    RunInfo,
+    RunStatus,
+)
 
 logger = logging.getLogger("tf_ship")
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from tf_ship.backends.base import FatalBackendError
+from tf_ship.contract import FatalBackendError
 
 logger = logging.getLogger("tf_ship")
 

@@ -77,8 +77,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tf_ship.backends.base import FatalBackendError, group_by_model_step
-from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.backends.base import group_by_model_step
+from tf_ship.contract import (
+    FatalBackendError,
+    FileIdentity,
+    MetricEvent,
+    ModelConfig,
+    RunInfo,
+    RunStatus,
+)
 
 logger = logging.getLogger("tf_ship")
 

@@ -302,7 +302,7 @@ class Session:
 
     def _application_ended(self) -> None:
         """Tell the shipper to ship the rest and close the runs with the application's outcome."""
-        from tf_ship.shipper.events import RunStatus  # noqa: PLC0415
+        from tf_ship.contract import RunStatus  # noqa: PLC0415
 
         if self.shipper.control.stop.is_set():
             if self._shipper_thread is None:

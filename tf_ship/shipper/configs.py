@@ -23,7 +23,8 @@ from typing import Any
 import attrs
 import yaml
 
-from tf_ship.shipper.events import ModelConfig
+from tf_ship.contract import ModelConfig
+from tf_ship.errors import TfShipError
 
 logger = logging.getLogger("tf_ship")
 
@@ -35,7 +36,7 @@ _FLOAT_1_2 = re.compile(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, TfShipError):
     """A config file that cannot be used (too large, not YAML, not a mapping, no identifier)."""
 
 

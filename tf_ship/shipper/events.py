@@ -1,7 +1,7 @@
-"""The value types that flow from the log to the backends.
+"""The engine's own value types (skipped lines) and the parser's fast event builder.
 
-Every event remembers where it came from (file identity and byte offset), so that any event can
-be traced back to its line and replayed from there.
+The values that reach the backends (events, configs, run info, statuses) are part of the
+backend contract and live in `tf_ship.contract`; they are re-exported here for old imports.
 """
 
 from __future__ import annotations
@@ -9,39 +9,22 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
 import attrs
 
+from tf_ship.contract import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
-@attrs.frozen
-class FileIdentity:
-    """Which file a byte offset belongs to: device and inode, as `os.stat` reports them."""
-
-    device: int
-    inode: int
-
-    def __str__(self) -> str:
-        return f"{self.device}:{self.inode}"
-
-
-@attrs.frozen(slots=True)
-class MetricEvent:
-    """One metric line of the log: a value of `metric` for `model` at TorchFort step `step`."""
-
-    model: str
-    metric: str
-    step: int
-    value: float
-    file: FileIdentity | None = None
-    offset: int = -1
-
-    @property
-    def key(self) -> str:
-        """The name most trackers show: ``<model>/<metric>``."""
-        return f"{self.model}/{self.metric}"
+__all__ = [
+    "FileIdentity",
+    "MetricEvent",
+    "ModelConfig",
+    "RunInfo",
+    "RunStatus",
+    "SkipReason",
+    "SkippedLine",
+    "metric_events",
+]
 
 
 _EVENT_SLOTS = tuple(getattr(MetricEvent, field.name) for field in attrs.fields(MetricEvent))
@@ -74,41 +57,6 @@ def metric_events(  # noqa: PLR0913 - one iterable per field
     for slot, column in zip(_EVENT_SLOTS, columns, strict=True):
         collections.deque(map(slot.__set__, events, column), maxlen=0)
     return events
-
-
-@attrs.frozen
-class ModelConfig:
-    """A model's YAML config, as TorchFort wrote it beside the log, with `identifier` removed."""
-
-    model: str
-    config: Mapping[str, Any]
-    path: Path | None = None
-    version: int = 0
-    written_ns: int = 0
-
-
-@attrs.frozen
-class RunInfo:
-    """What a backend needs to open (or reopen) its run."""
-
-    logdir: Path
-    log_file: Path
-    run_name: str | None = None
-    state: Mapping[str, Any] = attrs.field(factory=dict)
-    segment: int = 0
-    """Which application run of the log this tracker run is for: 0 for the first, N for the
-    run after the N-th restart of the application (``--on-restart new-run``)."""
-    first_run: Mapping[str, Any] = attrs.field(factory=dict)
-    """For a segment after the first: what the first segment's run left in its resume state (its
-    run id, name, directory), so that the new run can be linked to it; empty otherwise."""
-
-
-class RunStatus(enum.Enum):
-    """How a run ended; trackers that know run states record it."""
-
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
 
 
 class SkipReason(enum.Enum):

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import attrs
 
+from tf_ship.errors import TfShipError
+
 logger = logging.getLogger("tf_ship")
 
 LOCK_SUFFIX = ".lock"
@@ -110,7 +112,7 @@ class Holder:
         return holder if holder.pid > 0 else None
 
 
-class LockError(RuntimeError):
+class LockError(RuntimeError, TfShipError):
     """The state file cannot be locked; the message says why and what to do."""
 
 

@@ -9,7 +9,8 @@ from collections.abc import Hashable, Iterable
 
 import attrs
 
-from tf_ship.shipper.events import RunStatus, SkippedLine, SkipReason
+from tf_ship.contract import RunStatus
+from tf_ship.shipper.events import SkippedLine, SkipReason
 
 logger = logging.getLogger("tf_ship")
 

@@ -31,13 +31,8 @@ from collections.abc import Callable
 
 import attrs
 
-from tf_ship.shipper.events import (
-    FileIdentity,
-    MetricEvent,
-    SkippedLine,
-    SkipReason,
-    metric_events,
-)
+from tf_ship.contract import FileIdentity, MetricEvent
+from tf_ship.shipper.events import SkippedLine, SkipReason, metric_events
 
 PREFIX = b"TORCHFORT::WANDB: "
 _NAME = rb"[^\n\x00]*?"  # may be empty: the step is the FIRST step field

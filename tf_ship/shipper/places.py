@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from tf_ship.errors import TfShipError
 from tf_ship.shipper.state import STATE_NAME
 
 STATE_DIR_NAME = "tf-ship"
@@ -33,7 +34,7 @@ _READABLE_PARTS = 2
 _READABLE_CHARS = 60
 
 
-class PlaceError(Exception):
+class PlaceError(TfShipError):
     """A place tf-ship must write to cannot be written; the message says what to do instead."""
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from tf_ship.shipper.events import MetricEvent
+from tf_ship.contract import MetricEvent
 
 
 class OnRestart(enum.Enum):

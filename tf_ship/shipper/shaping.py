@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from tf_ship.shipper.events import MetricEvent, ModelConfig
+from tf_ship.contract import MetricEvent, ModelConfig
 
 _CACHE_LIMIT = 65536
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import attrs
 
-from tf_ship.backends.base import Backend
+from tf_ship.contract import Backend, RunInfo, RunStatus
+from tf_ship.errors import TfShipError
 from tf_ship.redaction import redact
 from tf_ship.shipper import stopping
 from tf_ship.shipper.configs import ConfigCatalog
-from tf_ship.shipper.events import RunInfo, RunStatus, SkipReason
+from tf_ship.shipper.events import SkipReason
 from tf_ship.shipper.lock import StateLock
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
@@ -32,7 +33,7 @@ MIN_RATE_SECONDS = 1.0
 """Shipping shorter than this shows no lines/s: the figure would measure start-up, not speed."""
 
 
-class LogNotFoundError(FileNotFoundError):
+class LogNotFoundError(FileNotFoundError, TfShipError):
     """The log did not appear (in time)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from tf_ship.errors import TfShipError
 from tf_ship.shipper.tail import Cursor
 
 logger = logging.getLogger("tf_ship")
@@ -63,7 +64,7 @@ class BackendState:
         )
 
 
-class StateError(ValueError):
+class StateError(ValueError, TfShipError):
     """A state file that cannot be read or is of an unknown version."""
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import attrs
 
-from tf_ship.shipper.events import FileIdentity, SkippedLine, SkipReason
+from tf_ship.contract import FileIdentity
+from tf_ship.shipper.events import SkippedLine, SkipReason
 from tf_ship.shipper.parse import INT64_MAX, INT64_MIN, METRIC_LINE
 
 READ_BLOCK = 1 << 20

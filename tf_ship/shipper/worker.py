@@ -7,7 +7,8 @@ backend. The cursor advances only after the backend's `flush` returned.
 Checkpoints: the worker keeps a snapshot of (cursor, the backend's `resume_state()`) taken at
 points where the two agree: after `open`, after each flushed batch (once the cursor moved past
 it), after a config was recorded, and before a batch is sent when the backend's optional
-`prepare(batch)` asks for a write-ahead save. At each of these points it calls its `save` hook,
+`prepare(batch)` asks for a write-ahead save. The optional capabilities (`tf_ship.contract`) are
+found once, when the worker is built. At each of these points it calls its `save` hook,
 which makes the snapshot durable; a periodic save from another thread only ever writes the last
 snapshot, never a half-updated one.
 
@@ -32,10 +33,21 @@ from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
-from tf_ship.backends.base import Backend, FatalBackendError, PermanentBackendError
+from tf_ship.contract import (
+    Backend,
+    FatalBackendError,
+    MetricEvent,
+    PermanentBackendError,
+    PreferredBatchSize,
+    Resumable,
+    RunInfo,
+    RunStatus,
+    ViewHint,
+    WriteAhead,
+)
+from tf_ship.errors import TfShipError
 from tf_ship.redaction import redact, redact_json
 from tf_ship.shipper.configs import ConfigCatalog
-from tf_ship.shipper.events import MetricEvent, RunInfo, RunStatus
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.parse import LineParser
 from tf_ship.shipper.reasons import full_text, one_line, short_reason, unfixable
@@ -54,7 +66,7 @@ FORCED_SCAN_INTERVAL = 0.5
 """Seconds between two rescans for a model without a config (TorchFort writes none for some)."""
 
 
-class BackendFailedError(Exception):
+class BackendFailedError(TfShipError):
     """A backend kept failing past the retry budget, or failed while stopping."""
 
 
@@ -201,7 +213,13 @@ class BackendWorker(threading.Thread):
         self.monitor = monitor
         self.control = control
         self.settings = settings
-        preferred = getattr(backend, "preferred_batch_size", None)
+        # the optional capabilities (tf_ship.contract), found once: bound methods or None
+        self._resume_state = backend.resume_state if isinstance(backend, Resumable) else None
+        self._prepare = backend.prepare if isinstance(backend, WriteAhead) else None
+        self._hint = backend.view_hint if isinstance(backend, ViewHint) else None
+        preferred = (
+            backend.preferred_batch_size if isinstance(backend, PreferredBatchSize) else None
+        )
         self.batch_size = settings.batch_size or (
             preferred if isinstance(preferred, int) and preferred > 0 else DEFAULT_BATCH_SIZE
         )
@@ -264,9 +282,8 @@ class BackendWorker(threading.Thread):
         save, without which the batch must not be sent); otherwise it is reported and the next
         save catches up.
         """
-        resume_state = getattr(self.backend, "resume_state", None)
-        if callable(resume_state):
-            self.resume = dict(resume_state())
+        if self._resume_state is not None:
+            self.resume = dict(self._resume_state())
         self._snapshot = BackendState(
             self.cursor, redact_json(self.resume), redact_json(self.segments.to_json())
         )
@@ -299,11 +316,10 @@ class BackendWorker(threading.Thread):
             self.tailer.close()
 
     def _view_hint(self) -> str | None:
-        hint = getattr(self.backend, "view_hint", None)
-        if not callable(hint):
+        if self._hint is None:
             return None
         try:
-            text = hint()
+            text = self._hint()
         except BaseException:  # noqa: BLE001 - a hint is never worth a failure
             return None
         return redact(str(text)) if text else None
@@ -515,9 +531,9 @@ class BackendWorker(threading.Thread):
             self.backend.log_metrics(batch)
             self.backend.flush()
 
-        prepare = getattr(self.backend, "prepare", None)
+        prepare = self._prepare
         try:
-            if callable(prepare):
+            if prepare is not None:
                 write_ahead = functools.partial(self._write_ahead, prepare, batch)
                 self._retrying(f"prepare {len(batch)} events", write_ahead)
             self._retrying(f"ship {len(batch)} events", send)

@@ -3,6 +3,10 @@
 Install it (``pip install ./examples/tf-ship-csv``) and use it by name::
 
     tf-ship --logdir run1 --backend csv --backend-opt csv.path=metrics.csv
+
+A row that reached the file is not written again when tf-ship re-sends its batch after a failed
+flush. A CSV file cannot be asked what it holds, so a restart of tf-ship after a crash may write
+the rows of the last unflushed batch again: at-least-once across crashes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tf_ship import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 __all__ = ["CsvBackend"]
 
@@ -29,9 +33,12 @@ class CsvBackend:
         self._file: IO[str] | None = None
         self._writer: Any = None
         self._configs: dict[str, object] = {}
+        self._unflushed: set[tuple[FileIdentity | None, int]] = set()
+        """Where in the log the rows written since the last flush came from."""
 
     def open(self, run: RunInfo) -> None:  # noqa: ARG002 - a CSV file has no run to name
-        """Open the file for appending; write the header into a new file."""
+        """Open the file for appending (again after a close); write the header into a new file."""
+        self._unflushed = set()
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
@@ -45,15 +52,21 @@ class CsvBackend:
         side.write_text(json.dumps(self._configs, indent=2, default=str), encoding="utf-8")
 
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
-        """One row per event; Python's repr keeps nan, inf and every digit."""
+        """One row per event; Python's repr keeps nan, inf and every digit.
+
+        A batch sent again after a failed flush skips the rows already written.
+        """
         assert self._writer is not None  # noqa: S101 - open() comes first by contract
-        self._writer.writerows((e.model, e.metric, e.step, repr(e.value)) for e in batch)
+        new = [e for e in batch if e.offset < 0 or (e.file, e.offset) not in self._unflushed]
+        self._writer.writerows((e.model, e.metric, e.step, repr(e.value)) for e in new)
+        self._unflushed.update((e.file, e.offset) for e in new)
 
     def flush(self) -> None:
         """Make the rows durable: the engine moves its cursor once this returns."""
         assert self._file is not None  # noqa: S101
         self._file.flush()
         os.fsync(self._file.fileno())
+        self._unflushed.clear()
 
     def close(self, status: RunStatus) -> None:  # noqa: ARG002 - a CSV file has no status
         """Close the file; a second call finds nothing to close."""

@@ -2,7 +2,7 @@
 
 Plugin authors can use them to test code around tf-ship; tf-ship's own tests use them to check
 isolation, retries and timeouts. They are real backends: give them to `tf_ship.ship` or `--backend
-tf_ship.testing:RecordingBackend`.
+tf_ship.testing:RecordingBackend` (`tf_ship.testing` re-exports them).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from tf_ship.backends.base import PermanentBackendError
-from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.contract import MetricEvent, ModelConfig, PermanentBackendError, RunInfo, RunStatus
 
 __all__ = ["FailingBackend", "HangingBackend", "RecordingBackend"]
 
