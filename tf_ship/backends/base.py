@@ -6,7 +6,8 @@ Old imports (``from tf_ship.backends.base import Backend``) keep working.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from tf_ship.contract import (
     Backend,
@@ -24,6 +25,7 @@ __all__ = [
     "PermanentBackendError",
     "ResumableBackend",
     "group_by_model_step",
+    "plain",
 ]
 
 
@@ -37,3 +39,14 @@ def group_by_model_step(
     """
     for (model, step), events in itertools.groupby(batch, key=lambda e: (e.model, e.step)):
         yield model, step, list(events)
+
+
+def plain(value: Any) -> Any:  # noqa: ANN401 - any YAML value
+    """A YAML value as plain JSON-like Python (str keys, lists, scalars, text), for SDK configs."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

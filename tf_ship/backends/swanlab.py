@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tf_ship.backends.base import plain
 from tf_ship.backends.swanlab_files import scalars, session_dirs
 from tf_ship.backends.swanlab_keys import KeyMap, metric_name, step_name
 from tf_ship.contract import (
@@ -48,17 +49,6 @@ WRITER_IDLE = 0.05
 default, 0.5 s, would be the least time every flush takes)."""
 EXACT_INTEGERS = 2**53
 STATES = {RunStatus.FINISHED: "success", RunStatus.KILLED: "aborted", RunStatus.FAILED: "crashed"}
-
-
-def plain(value: Any) -> Any:  # noqa: ANN401 - any YAML value
-    """A YAML value as plain Python: dicts with str keys, lists, scalars, text."""
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(item) for item in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def _import_swanlab() -> Any:  # noqa: ANN401 - the swanlab module

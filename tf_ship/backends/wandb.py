@@ -110,7 +110,7 @@ from typing import Any
 import attrs
 
 from tf_ship.backends import wandb_pending
-from tf_ship.backends.base import FatalBackendError, group_by_model_step
+from tf_ship.backends.base import FatalBackendError, group_by_model_step, plain
 from tf_ship.backends.wandb_login import (
     OFFLINE_MODES,
     base_url,
@@ -208,17 +208,6 @@ def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
         row.values[x_axis] = step
     if row.events:
         yield row
-
-
-def plain(value: Any) -> Any:  # noqa: ANN401 - any YAML value
-    """A YAML value as plain JSON-like Python: dicts with str keys, lists, scalars, text."""
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(item) for item in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
