@@ -73,11 +73,14 @@ import logging
 import os
 import posixpath
 import re
+import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
+from tf_ship.backends.hints import program
 from tf_ship.backends.mlflow_artifacts import ConfigArtifacts
 from tf_ship.backends.mlflow_deferred import Deferred
 from tf_ship.backends.mlflow_errors import (
@@ -231,6 +234,16 @@ def sqlite_file(uri: str) -> str | None:
         return None
     file = rest[1:].partition("?")[0]
     return None if file in {"", ":memory:"} else file
+
+
+def absolute_store(uri: str) -> str:
+    """The URI with a relative SQLite file made absolute, so it works from any folder."""
+    file = sqlite_file(uri)
+    if file is None:
+        return uri
+    scheme = uri.partition("://")[0]
+    query = uri.partition("?")[2]
+    return f"{scheme}:///{Path(file).absolute()}" + (f"?{query}" if query else "")
 
 
 def warn_if_sqlite_on_network_filesystem(uri: str) -> None:
@@ -755,7 +768,8 @@ class MlflowBackend:
         """The command (or address) that shows this run."""
         if self._served:
             return f"{self.tracking_uri.rstrip('/')} (run {self.run_id})"
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        store = shlex.quote(absolute_store(self.tracking_uri))
+        return f"{program('mlflow')} ui --backend-store-uri {store}"
 
     def describe(self) -> dict[str, Any]:
         """Where the metrics went, for the final summary."""

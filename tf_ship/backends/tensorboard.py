@@ -69,8 +69,6 @@ import os
 import re
 import secrets
 import shlex
-import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -78,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from tf_ship.backends.base import group_by_model_step
+from tf_ship.backends.hints import program
 from tf_ship.contract import (
     FatalBackendError,
     FileIdentity,
@@ -480,24 +479,12 @@ class TensorBoardBackend:
 
 
 def tensorboard_command(logdir: Path) -> str:
-    """``tensorboard --logdir LOGDIR``, spelt so that it runs as printed here.
+    """``tensorboard --logdir LOGDIR``, spelt so that it runs as printed here (`hints.program`).
 
     tensorboardX writes the files without TensorBoard itself (``tf-ship[all]`` does not install
-    it). Found on the PATH: its name; beside this Python: its path; not installed: how to
-    install it first.
+    it).
     """
-    shown = shlex.quote(str(logdir))
-    if shutil.which("tensorboard"):
-        return f"tensorboard --logdir {shown}"
-    bindir = Path(sys.executable).parent
-    beside = bindir / "tensorboard"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return f"{shlex.quote(str(beside))} --logdir {shown}"
-    pip = shutil.which("pip")
-    if pip and Path(pip).parent == bindir:
-        return f"pip install tensorboard && tensorboard --logdir {shown}"
-    python = shlex.quote(sys.executable)
-    return f"{python} -m pip install tensorboard && {shlex.quote(str(beside))} --logdir {shown}"
+    return f"{program('tensorboard')} --logdir {shlex.quote(str(logdir))}"
 
 
 def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:

@@ -102,6 +102,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -111,6 +112,7 @@ import attrs
 
 from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError, group_by_model_step, plain
+from tf_ship.backends.hints import program
 from tf_ship.backends.wandb_login import (
     OFFLINE_MODES,
     base_url,
@@ -420,7 +422,10 @@ class WandbBackend:
         offline = getattr(settings, "mode", None) == "offline"
         sync_dir = getattr(settings, "sync_dir", None)
         url = getattr(self._run, "url", None)
-        self._view = f"wandb sync {sync_dir}" if offline and sync_dir else (url or None)
+        if offline and sync_dir:
+            self._view = f"{program('wandb')} sync {shlex.quote(str(Path(sync_dir).absolute()))}"
+        else:
+            self._view = url or None
         if sync_dir:
             current = Path(sync_dir) / f"run-{self._run.id}.wandb"
             self._tail = TransactionLogTail(current)
