@@ -97,3 +97,20 @@ def test_shipping_time_leaves_out_opening_the_run(tmp_path: Path) -> None:
     ).run()
     assert result.shipping_seconds is not None
     assert result.shipping_seconds < 0.3 <= result.elapsed
+
+
+def test_a_slow_trackers_start_up_is_not_shipping_time(tmp_path: Path) -> None:
+    """A fast and a slow tracker: the slow one's start-up is no shipping time (the example)."""
+
+    class SlowOpen(RecordingBackend):
+        def open(self, run: object) -> None:
+            import time  # noqa: PLC0415
+
+            time.sleep(0.3)  # stands for wandb's start-up while MLflow is already shipping
+            super().open(run)  # type: ignore[arg-type]
+
+    (tmp_path / "torchfort.log").write_bytes(LINE)
+    backends = {"fast": RecordingBackend(), "slow": SlowOpen()}
+    result = Shipper(tmp_path / "torchfort.log", backends, ShipOptions(follow=False)).run()
+    assert result.shipping_seconds is not None
+    assert result.shipping_seconds < 0.3 <= result.elapsed

@@ -102,8 +102,8 @@ class ShipReport:
     elapsed: float
     stop_reason: str
     shipping_seconds: float | None = None
-    """From the first backend's open run to the end of the last one's shipping (None: none
-    shipped); the time lines/s is measured over."""
+    """The longest a backend shipped, its own start-up left out (None: none shipped); the time
+    lines/s is measured over."""
 
     @property
     def ok(self) -> bool:
@@ -428,12 +428,17 @@ def default_run_name(log_file: Path) -> str:
 
 
 def _shipping_seconds(backends: Sequence[BackendStats]) -> float | None:
-    """From the first open run to the last end of shipping; None when no backend shipped."""
-    opened = [stats.opened_at for stats in backends if stats.opened_at is not None]
-    done = [stats.done_at for stats in backends if stats.done_at is not None]
-    if not opened or not done:
-        return None
-    return max(0.0, max(done) - min(opened))
+    """The longest a backend shipped, from its open run to its end of shipping; None: none did.
+
+    Each backend's own start-up is left out: with a fast and a slow tracker, the time from the
+    first open run would count the slow one's start-up as shipping.
+    """
+    spans = [
+        stats.done_at - stats.opened_at
+        for stats in backends
+        if stats.opened_at is not None and stats.done_at is not None
+    ]
+    return max(0.0, *spans) if spans else None
 
 
 def _file_signature(path: Path) -> tuple[int, int] | None:
