@@ -83,11 +83,17 @@ def run_command(
 
 
 def assert_fails_with_the_ways_out(code: int, output: str) -> None:
-    """Exit 1, the one-line reason with both ways out, and no prompt or traceback."""
+    """Exit 1, the one-line reason with both ways out, and no prompt or traceback.
+
+    The reason is said when the backend fails and again in the summary's line for it.
+    """
     assert code == 1, output
-    (reason,) = [text for text in output.splitlines() if "has no API key" in text]
-    assert all(way in reason for way in WAYS_OUT), reason
-    assert BASE_URL in reason
+    reasons = [text for text in output.splitlines() if "has no API key" in text]
+    assert [r for r in reasons if r.startswith("  backend wandb: FAILED, 0 events")], output
+    assert [r for r in reasons if "tf-ship: backend wandb failed:" in r], output
+    for reason in reasons:
+        assert all(way in reason for way in WAYS_OUT), reason
+        assert BASE_URL in reason
     assert not any(prompt in output for prompt in PROMPTS), output
     assert "Traceback" not in output, output
     assert "FINISHED" not in output, output
