@@ -38,7 +38,7 @@ def _options_table(command: click.Command, context: click.Context) -> list[str]:
         if not isinstance(param, click.Option) or param.get_help_record(context) is None:
             continue
         flags = ", ".join(f"`{flag}`" for flag in [*param.opts, *param.secondary_opts])
-        value = "" if param.is_flag else f"`{param.make_metavar(context)}`"
+        value = "" if param.is_flag else f"`{_metavar(param, context)}`"
         default = param.get_default(context, call=False)
         unset = default is None or default == () or type(default).__name__ == "Sentinel"
         shown = "" if param.is_flag or unset else f"`{default}`"
@@ -77,3 +77,11 @@ def inspect_doc(command: click.Command) -> str:
 
 if __name__ == "__main__":
     click.echo(render(), nl=False)
+
+
+def _metavar(param: click.Parameter, context: click.Context) -> str:
+    """The option's metavar; click 8.2 takes the context, click 8.1 takes nothing."""
+    try:
+        return param.make_metavar(context)
+    except TypeError:
+        return param.make_metavar()  # type: ignore[call-arg]
