@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import random
 import signal
@@ -20,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -30,6 +28,7 @@ pytest.importorskip("wandb")
 pytest.importorskip("tensorboardX")
 pytest.importorskip("tensorboard")
 
+from crash_support import cursor_of, resume_of
 from mlflow import MlflowClient
 from support import wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -275,20 +274,6 @@ class Writer:
         self.stop.set()
         if self.thread is not None:
             self.thread.join()
-
-
-def cursor_of(state_file: Path, backend: str) -> int:
-    """The saved cursor offset of a backend (0 while there is no state)."""
-    try:
-        data = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return 0
-    return int(data["backends"].get(backend, {}).get("cursor", {}).get("offset") or 0)
-
-
-def resume_of(state_file: Path, backend: str) -> dict[str, Any]:
-    """The saved resume state of a backend."""
-    return dict(json.loads(state_file.read_text())["backends"][backend]["resume"])
 
 
 @pytest.mark.slow
