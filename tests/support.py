@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from terminal import on_a_terminal
 
 TF_SHIP = [sys.executable, "-m", "tf_ship"]
 """The command, run by the interpreter of the tests (works in any environment)."""
@@ -49,7 +49,7 @@ def in_terminal(
     line ends as written) and the command's exit code.
     """
     return subprocess.run(
-        ["script", "-qec", shlex.join(command), "/dev/null"],
+        on_a_terminal(command),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -18,6 +18,16 @@ from pathlib import Path
 _ERASE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def on_a_terminal(command: Sequence[str]) -> list[str]:
+    """`command` run by ``script`` under a pseudo-terminal, as the terminal's own process.
+
+    ``script`` starts ``$SHELL -c``; ``exec`` makes the command replace that shell whichever
+    shell it is. Without it, a shell that stays between them (dash does) dies of the Ctrl-C
+    meant for the command, and ``script`` reports 130 instead of the command's exit code.
+    """
+    return ["script", "-qec", "exec " + shlex.join(command), "/dev/null"]
+
+
 class Terminal:
     """A command running under a pseudo-terminal; its output goes to a file the test reads."""
 
@@ -32,7 +42,7 @@ class Terminal:
         self.transcript = cwd / "terminal.out"
         with self.transcript.open("wb") as sink:
             self.process = subprocess.Popen(
-                ["script", "-qec", shlex.join(args), "/dev/null"],
+                on_a_terminal(args),
                 stdin=subprocess.DEVNULL if stdin_closed else subprocess.PIPE,
                 stdout=sink,
                 stderr=subprocess.STDOUT,

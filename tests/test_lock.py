@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import TF_SHIP, clean_env, in_terminal, wait_for
+from terminal import on_a_terminal
 
 from tf_ship.shipper import lock as lock_module
 from tf_ship.shipper.lock import Holder, LockHeldError, StateLock, release_held_locks
@@ -320,7 +321,7 @@ def test_two_shippers_started_together_ship_the_log_once(tmp_path: Path) -> None
     out = tmp_path / "out.jsonl"
     command = [*TF_SHIP, "--logdir", str(logdir), "--no-follow", "-b", "jsonl",
                "--jsonl-path", str(out)]  # fmt: skip
-    script = ["script", "-qec", "exec " + subprocess.list2cmdline(command), "/dev/null"]
+    script = on_a_terminal(command)
     processes = [
         subprocess.Popen(
             script,

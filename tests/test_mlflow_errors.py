@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from support import TF_SHIP, clean_env
+from terminal import on_a_terminal
 
 import tf_ship
 from tf_ship.backends import mlflow_errors
@@ -225,7 +226,7 @@ def test_command_ends_at_once_with_the_reason(refusing_server: str, tmp_path: Pa
     ]
     started = time.monotonic()
     result = subprocess.run(
-        ["script", "-qec", subprocess.list2cmdline(command), "/dev/null"],
+        on_a_terminal(command),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -32,6 +32,7 @@ from hard_log import (
     write_log,
 )
 from support import TF_SHIP, clean_env
+from terminal import on_a_terminal
 
 from tf_ship.backends.base import FatalBackendError
 from tf_ship.backends.swanlab import KEY_MAP_CONFIG, SwanLabBackend
@@ -202,7 +203,7 @@ def test_online_without_a_login_fails_at_once_in_one_line(tmp_path: Path) -> Non
     command = [*TF_SHIP, "--logdir", str(logdir), "--no-follow", "-b", "swanlab"]
     started = time.monotonic()
     result = subprocess.run(
-        ["script", "-qec", " ".join(command), "/dev/null"],
+        on_a_terminal(command),
         stdin=subprocess.DEVNULL,
         env=swanlab_env(tmp_path),
         cwd=tmp_path,

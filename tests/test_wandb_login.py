@@ -8,7 +8,6 @@ that got past it anyway could reach nothing. The command runs under a pseudo-ter
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import TF_SHIP, clean_env
+from terminal import on_a_terminal
 from wandb_helpers import line, write_log
 
 from tf_ship.backends.wandb_records import history_rows, transaction_logs
@@ -67,7 +67,7 @@ def run_command(
 ) -> tuple[int, str, float]:
     """Run the command (under ``script`` for a terminal); its exit code, output and duration."""
     if terminal:
-        command = ["script", "-qec", shlex.join(command), "/dev/null"]
+        command = on_a_terminal(command)
     started = time.monotonic()
     result = subprocess.run(
         command,
