@@ -34,7 +34,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from wandb_helpers import line, offline_wandb_env, write_config
 
 import tf_ship
-from tf_ship.backends.wandb_records import exit_code_of, history_rows, run_record
+from tf_ship.backends.wandb.transaction_log import exit_code_of, history_rows, run_record
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.ship import ShipOptions, Shipper

@@ -30,8 +30,14 @@ from wandb_helpers import (
 import tf_ship
 from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError
-from tf_ship.backends.wandb import WandbBackend, events_in_row, metric_key, rows, session_logs
-from tf_ship.backends.wandb_records import (
+from tf_ship.backends.wandb.backend import (
+    WandbBackend,
+    events_in_row,
+    metric_key,
+    rows,
+    session_logs,
+)
+from tf_ship.backends.wandb.transaction_log import (
     BLOCK_SIZE,
     TransactionLogError,
     config_of,
@@ -586,7 +592,7 @@ def test_pending_rows_round_trip_exactly() -> None:
 
 def test_an_online_run_on_an_older_wandb_is_told_once(caplog: pytest.LogCaptureFixture) -> None:
     """An online run with a wandb before 0.31 says once what a crash may cost (rows twice)."""
-    told = tf_ship.backends.wandb._TOLD_DELIVERY
+    told = tf_ship.backends.wandb.backend._TOLD_DELIVERY
     saved = list(told)
     told.clear()
     try:
@@ -618,7 +624,7 @@ def test_missing_wandb_is_fatal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_importing_the_backend_does_not_import_wandb() -> None:
     """Wandb is imported when a run opens, never when the module is imported."""
     code = (
-        "import sys, tf_ship.backends.wandb, tf_ship.backends.wandb_records\n"
+        "import sys, tf_ship.backends.wandb, tf_ship.backends.wandb.transaction_log\n"
         "assert 'wandb' not in sys.modules, 'wandb was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

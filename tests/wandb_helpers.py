@@ -1,7 +1,7 @@
 """Helpers for the wandb backend's tests: an offline wandb, TorchFort logs, and reading back.
 
 Every run is an offline run (nothing leaves the machine) whose transaction log the tests read
-with `tf_ship.backends.wandb_records`.
+with `tf_ship.backends.wandb.transaction_log`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 import tf_ship
 from tf_ship.backends.wandb import WandbBackend
-from tf_ship.backends.wandb_records import history_rows, transaction_logs
+from tf_ship.backends.wandb.transaction_log import history_rows, transaction_logs
 
 WANDB_OWN_KEYS = frozenset({"_step", "_runtime", "_timestamp"})
 PROJECT = "tf-ship-tests"

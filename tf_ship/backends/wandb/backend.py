@@ -113,7 +113,7 @@ import attrs
 from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError, group_by_model_step, plain
 from tf_ship.backends.hints import program
-from tf_ship.backends.wandb_login import (
+from tf_ship.backends.wandb.login import (
     OFFLINE_MODES,
     base_url,
     credentials_found,
@@ -121,7 +121,7 @@ from tf_ship.backends.wandb_login import (
     no_credentials_message,
     stdin_not_a_terminal,
 )
-from tf_ship.backends.wandb_records import TransactionLogTail, history_rows
+from tf_ship.backends.wandb.transaction_log import TransactionLogTail, history_rows
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
