@@ -30,13 +30,9 @@ from wandb_helpers import (
 import tf_ship
 from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError
-from tf_ship.backends.wandb.backend import (
-    WandbBackend,
-    events_in_row,
-    metric_key,
-    rows,
-    session_logs,
-)
+from tf_ship.backends.wandb.backend import WandbBackend
+from tf_ship.backends.wandb.replay import session_logs
+from tf_ship.backends.wandb.rows import events_in_row, metric_key, rows
 from tf_ship.backends.wandb.transaction_log import (
     BLOCK_SIZE,
     TransactionLogError,

@@ -16,10 +16,10 @@ step, value]`` with the value as Python's ``repr`` of the float, exact for NaN, 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tf_ship.backends.wandb.replay import same_value
 from tf_ship.shipper.events import MetricEvent
 
 PendingRow = list[MetricEvent]
@@ -75,17 +75,6 @@ def lost_rows(
     return None
 
 
-def same_value(stored: Any, value: float) -> bool:  # noqa: ANN401 - a decoded JSON value
-    """True when a value read back from the log is the value logged (NaN equals NaN)."""
-    if not isinstance(stored, (int, float)) or isinstance(stored, bool):
-        return False
-    if isinstance(value, int):
-        return stored == value
-    if math.isnan(value):
-        return math.isnan(stored)
-    return float(stored) == value and math.copysign(1, float(stored)) == math.copysign(1, value)
-
-
 def same_row(stored: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
     """True when a history row (without wandb's own keys) holds exactly these values."""
     return stored.keys() == values.keys() and all(
@@ -93,4 +82,4 @@ def same_row(stored: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
     )
 
 
-__all__ = ["PendingRow", "decode", "encode", "lost_rows", "same_row", "same_value"]
+__all__ = ["PendingRow", "decode", "encode", "lost_rows", "same_row"]

@@ -101,17 +101,14 @@ import collections
 import contextlib
 import logging
 import os
-import re
 import shlex
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from tf_ship.backends import wandb_pending
-from tf_ship.backends.base import FatalBackendError, group_by_model_step, plain
+from tf_ship.backends.base import FatalBackendError, plain
 from tf_ship.backends.hints import program
 from tf_ship.backends.wandb.login import (
     OFFLINE_MODES,
@@ -121,7 +118,9 @@ from tf_ship.backends.wandb.login import (
     no_credentials_message,
     stdin_not_a_terminal,
 )
-from tf_ship.backends.wandb.transaction_log import TransactionLogTail, history_rows
+from tf_ship.backends.wandb.replay import Replay, earlier_rows
+from tf_ship.backends.wandb.rows import metric_items, rows, step_key
+from tf_ship.backends.wandb.transaction_log import TransactionLogTail
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
@@ -129,87 +128,14 @@ logger = logging.getLogger("tf_ship")
 INSTALL_HINT = "the wandb backend needs the wandb package: install tf-ship[wandb]"
 DEFAULT_PROJECT = "torchfort"
 """The project of runs without ``--wandb-project`` or ``$WANDB_PROJECT``."""
-STEP = "step"
-_STEP_LIKE = re.compile(r"(?:.*/)?step(?: \(metric\))*", re.DOTALL)
 LOG_FLUSH_INTERVAL = 0.05
 """Seconds between two writes of wandb-core's partial block to the transaction log."""
 DURABLE_TIMEOUT = 30.0
 """Seconds `flush` waits for the transaction log to hold every row (then it fails, to retry)."""
 SETTLE_TIMEOUT = 1.0
 """Seconds `flush` at most watches an older wandb-core write (see `wandb_pending`)."""
-RELEASE_TIMEOUT = 30.0
-"""Seconds `open` waits for a crashed session's wandb-core to let go of its transaction log."""
 _TOLD_DELIVERY: list[bool] = []
 """Not empty once the delivery of an older wandb was announced (once per process)."""
-
-
-def step_key(model: str) -> str:
-    """The key of a model's x-axis: ``<model>/step``."""
-    return f"{model}/{STEP}"
-
-
-def metric_key(model: str, metric: str) -> str:
-    """The key a metric is logged under: ``<model>/<metric>``, never the x-axis key.
-
-    A key ending in ``/step`` is always an x-axis (rows hold the x-axes of several models, and
-    readers count a row's events by that): ``step`` becomes ``step (metric)``, ``a/step``
-    ``a/step (metric)``, and a name that already looks like that gets one more `` (metric)``,
-    so that different metrics never share a key.
-    """
-    if _STEP_LIKE.fullmatch(metric):
-        metric += " (metric)"
-    return f"{model}/{metric}"
-
-
-def _related(model: str, other: str) -> bool:
-    """True when one model's keys could be taken for the other's (``a`` and ``a/b``)."""
-    return model == other or model.startswith(f"{other}/") or other.startswith(f"{model}/")
-
-
-@attrs.define
-class Row:
-    """One ``run.log`` call: the values of one (model, step) of each model it holds."""
-
-    values: dict[str, Any] = attrs.field(factory=dict)
-    keys_by_model: dict[str, list[str]] = attrs.field(factory=dict)
-    """The metric keys of each model, in log order (for the x-axis definitions)."""
-    events: list[MetricEvent] = attrs.field(factory=list)
-
-    def takes(self, model: str) -> bool:
-        """True when `model` can join: not there yet, and no model whose keys could mix in."""
-        return not any(_related(model, other) for other in self.keys_by_model)
-
-
-def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
-    """Pack consecutive (model, step) groups into rows, at most one group of each model per row.
-
-    wandb's cost is per ``run.log`` call, so the groups of different models that follow each
-    other share a row (each under its own ``<model>/step``), which halves the calls for two
-    models. Log order is kept: a model that is already in the row (or a model whose keys could
-    be taken for its keys) starts the next row, and so does a metric that repeats within one
-    (model, step), so that no value overwrites another.
-    """
-    row = Row()
-    for model, step, events in group_by_model_step(batch):
-        x_axis = step_key(model)
-        keys: list[str] = []
-        for event in events:
-            key = metric_key(model, event.metric)
-            if keys and key in row.values:  # a repeat within this (model, step)
-                row.values[x_axis] = step
-                yield row
-                row, keys = Row(), []
-            if not keys:
-                if not row.takes(model):
-                    yield row
-                    row = Row()
-                row.keys_by_model[model] = keys
-            row.values[key] = event.value
-            keys.append(key)
-            row.events.append(event)
-        row.values[x_axis] = step
-    if row.events:
-        yield row
 
 
 def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
@@ -222,109 +148,6 @@ def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _metric_items(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A history row without wandb's own keys (``_step``, ``_runtime``, ``_timestamp``)."""
-    return {k: v for k, v in row.items() if not (k.startswith("_") and "/" not in k)}
-
-
-def events_in_row(row: Iterable[str]) -> int:
-    """How many log events a history row (or its keys) written by this backend holds.
-
-    All keys but wandb's own and the x-axes (the keys ending in ``/step``, see `metric_key`).
-    """
-    return sum(
-        1
-        for key in row
-        if not (key.startswith("_") and "/" not in key) and not key.endswith("/step")
-    )
-
-
-def _session_order(folder: str, run_id: str) -> tuple[str, int] | None:
-    """(start second, suffix) of a session folder of the run, or None for another folder."""
-    pattern = rf"(?:offline-)?run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?"
-    match = re.fullmatch(pattern, folder)
-    return None if match is None else (match[1], int(match[2] or 0))
-
-
-def session_logs(wandb_dir: str | Path, run_id: str) -> list[Path]:
-    """The transaction logs of every session of a run under a ``wandb`` folder, oldest first.
-
-    Online (``run-...``) and offline (``offline-run-...``) sessions, with the ``-1``, ``-2``
-    suffixes wandb adds to a session started in the same second as another.
-    """
-    try:
-        folders = list(Path(wandb_dir).iterdir())
-    except OSError:
-        return []
-    found = []
-    for folder in folders:
-        order = _session_order(folder.name, run_id)
-        path = folder / f"run-{run_id}.wandb"
-        if order is not None and path.is_file():
-            found.append((order, path))
-    return [path for _, path in sorted(found)]
-
-
-def _open_elsewhere(targets: set[str]) -> bool:
-    """True when another process has one of the files open (Linux ``/proc``; else False)."""
-    me = str(os.getpid())
-    try:
-        processes = [e.name for e in os.scandir("/proc") if e.name.isdigit() and e.name != me]
-    except OSError:
-        return False
-    for pid in processes:
-        try:
-            descriptors = list(os.scandir(f"/proc/{pid}/fd"))
-        except OSError:
-            continue
-        for descriptor in descriptors:
-            try:
-                if str(Path(descriptor.path).readlink()) in targets:
-                    return True
-            except OSError:
-                continue
-    return False
-
-
-def wait_until_released(paths: Sequence[Path], timeout: float = RELEASE_TIMEOUT) -> bool:
-    """Wait until no other process holds the files open; False when the timeout passed."""
-    targets = {os.path.realpath(path) for path in paths}
-    deadline = time.monotonic() + timeout
-    interval = 0.02
-    while _open_elsewhere(targets):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-        interval = min(interval * 2, 0.5)
-    return True
-
-
-def _earlier_rows(current: Path, saved_root: str | None) -> list[dict[str, Any]]:
-    """The history rows of the run's sessions before the one writing `current`, in order.
-
-    Sessions are looked for in the current ``wandb`` folder and in the one under the directory
-    the saved state names (when the run moved to another directory).
-    """
-    run_id = current.stem.removeprefix("run-")
-    folders = [current.parent.parent]
-    if saved_root and (Path(saved_root) / "wandb").resolve() != folders[0].resolve():
-        folders.append(Path(saved_root) / "wandb")
-    found = [path for folder in folders for path in session_logs(folder, run_id)]
-    logs = sorted(
-        (p for p in found if p.parent != current.parent),
-        key=lambda p: _session_order(p.parent.name, run_id) or ("", 0),
-    )
-    if logs and not wait_until_released(logs):
-        logger.warning("wandb: an earlier session still writes %s; counting anyway", logs)
-    rows: list[dict[str, Any]] = []
-    for path in logs:
-        try:
-            rows.extend(history_rows(path, strict=False))
-        except (OSError, ValueError) as error:
-            logger.warning("wandb: cannot read %s (%s); its rows are not counted", path, error)
-    return rows
 
 
 def _logged_values(events: Sequence[MetricEvent]) -> dict[str, Any]:
@@ -379,8 +202,8 @@ class WandbBackend:
         self._rows = 0
         self._acknowledged_step: int | None = None
         self._view: str | None = None
-        self._held = 0
-        """Events the run held when this session started (all earlier sessions' rows)."""
+        self._replay = Replay()
+        """What earlier sessions of the run hold, and the replayed events to leave out."""
         self._sent = 0
         """Events this session handed over (not counting skipped ones)."""
         self._flushed_events = 0
@@ -393,8 +216,6 @@ class WandbBackend:
         self._durable = False
         """True when wandb-core writes its log on a timer, so that `flush` can wait for it."""
         self._resend: list[list[MetricEvent]] = []
-        self._skip = 0
-        self._expected: collections.deque[dict[str, Any]] = collections.deque()
         self._closed = False
 
     # -- the run ------------------------------------------------------------------------------
@@ -436,7 +257,7 @@ class WandbBackend:
         for events in self._resend:
             self._hand_over(self._run, events)
         self._resend = []
-        self._flushed_events = self._held + self._sent
+        self._flushed_events = self._replay.held + self._sent
         self._pending = wandb_pending.encode(self._unseen)
 
     def _init(
@@ -478,10 +299,32 @@ class WandbBackend:
     def _resume_sessions(self, run: RunInfo, current: Path, *, own: bool) -> None:
         """Count what the sessions before `current` wrote, against the state when it is own."""
         saved = run.state.get("events") if own else None
+        saved = saved if isinstance(saved, int) else None
         pending = wandb_pending.decode(run.state.get("pending")) if own else []
         saved_root = _text(run.state.get("dir")) if own else None
-        rows = _earlier_rows(current, saved_root)
-        self._count_earlier_sessions(rows, saved if isinstance(saved, int) else None, pending)
+        earlier = earlier_rows(current, saved_root)
+        self._replay = Replay.of(earlier, saved)
+        held = self._replay.held
+        if saved is None or held >= saved:
+            return
+        lost = None
+        if pending:
+            stored = [metric_items(row) for row in earlier]
+            lost = wandb_pending.lost_rows(stored, held, saved, pending, _logged_values)
+        if lost:
+            self._resend = lost
+            logger.info(
+                "wandb: %d events acknowledged before the crash were not in wandb's "
+                "transaction log; sending them again",
+                saved - held,
+            )
+            return
+        logger.warning(
+            "wandb: the run holds %d events, %d fewer than acknowledged before the crash "
+            "(wandb lost them); they are not sent again",
+            held,
+            saved - held,
+        )
 
     def _naming(self, run: RunInfo) -> tuple[str | None, str | None, list[str]]:
         """Group, name and tags of the run: a restart's are derived from the first run's."""
@@ -514,57 +357,6 @@ class WandbBackend:
             getattr(wandb, "__version__", "?"),
         )
 
-    def _count_earlier_sessions(
-        self,
-        rows: list[dict[str, Any]],
-        saved: int | None,
-        pending: list[list[MetricEvent]] | None,
-    ) -> None:
-        """Count the events earlier sessions wrote; plan what to skip or send again.
-
-        Past the saved count: the replay's first events are in the run already (skipped).
-        Short of it: the rows the state kept as pending that the logs lack are sent again.
-        """
-        held = 0
-        tail: list[dict[str, Any]] = []
-        for row in rows:
-            count = events_in_row(row)
-            if saved is not None and held >= saved:
-                tail.append(_metric_items(row))
-            elif saved is not None and held + count > saved:
-                tail = []  # a row across the saved count: no rows to check against
-            held += count
-        self._held = held
-        if saved is None:
-            return
-        if held < saved:
-            lost = None
-            if pending:
-                earlier = [_metric_items(row) for row in rows]
-                lost = wandb_pending.lost_rows(earlier, held, saved, pending, _logged_values)
-            if lost:
-                self._resend = lost
-                logger.info(
-                    "wandb: %d events acknowledged before the crash were not in wandb's "
-                    "transaction log; sending them again",
-                    saved - held,
-                )
-                return
-            logger.warning(
-                "wandb: the run holds %d events, %d fewer than acknowledged before the crash "
-                "(wandb lost them); they are not sent again",
-                held,
-                saved - held,
-            )
-        elif held > saved:
-            self._skip = held - saved
-            self._expected = collections.deque(tail)
-            logger.info(
-                "wandb: %d events after the last saved cursor are in the run already; "
-                "they are not sent again",
-                self._skip,
-            )
-
     def _root_dir(self, directory: str | None) -> str | None:
         root = getattr(getattr(self._run, "settings", None), "root_dir", None)
         return str(root) if root else directory
@@ -596,8 +388,8 @@ class WandbBackend:
     def log_metrics(self, batch: Sequence[MetricEvent]) -> None:
         """Log one row per (model, step); events already handed over are not sent again."""
         run = self._require_run()
-        if self._skip:
-            batch = self._skip_persisted(batch)
+        if self._replay.skip:
+            batch = self._replay.without_persisted(batch)
         handed_over = self._handed_over
         if handed_over:
             batch = [e for e in batch if e.offset < 0 or (e.file, e.offset) not in handed_over]
@@ -615,41 +407,6 @@ class WandbBackend:
             handed_over.update((e.file, e.offset) for e in row.events if e.offset >= 0)
             if self._tail is not None:
                 self._unseen.append(row.events)
-
-    def _skip_persisted(self, batch: Sequence[MetricEvent]) -> Sequence[MetricEvent]:
-        """Leave out the events an earlier session persisted after its last saved cursor."""
-        index = 0
-        while self._skip and index < len(batch):
-            if not self._matches_persisted(batch[index]):
-                event = batch[index]
-                logger.warning(
-                    "wandb: %s at step %d (byte %d of the log) is not the row the run holds; "
-                    "sending it and the %d events after it that seemed persisted",
-                    event.key,
-                    event.step,
-                    event.offset,
-                    self._skip - 1,
-                )
-                self._skip = 0
-                self._expected.clear()
-                break
-            self._skip -= 1
-            index += 1
-        return batch[index:]
-
-    def _matches_persisted(self, event: MetricEvent) -> bool:
-        """True when the event is the next value of the persisted rows (any order in a row)."""
-        if not self._expected:
-            return True  # counted, but no rows to check against
-        row = self._expected[0]
-        key = metric_key(event.model, event.metric)
-        if key not in row or row.get(step_key(event.model)) != event.step:
-            return False
-        if not wandb_pending.same_value(row.pop(key), event.value):
-            return False
-        if not events_in_row(row):
-            self._expected.popleft()
-        return True
 
     def _define(self, run: Any, model: str, keys: Iterable[str]) -> None:  # noqa: ANN401
         """Give a new model its x-axis, and new keys of it that a glob would miss their own."""
@@ -693,7 +450,7 @@ class WandbBackend:
                 self._round_trip(run)
                 if self._tail is not None:
                     self._settle(self._tail)
-        self._flushed_events = self._held + self._sent
+        self._flushed_events = self._replay.held + self._sent
         self._pending = wandb_pending.encode(self._unseen)
         self._handed_over.clear()
 
@@ -768,4 +525,4 @@ def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:
     return {"directory": str(options.get("directory") or os.environ.get("WANDB_DIR") or os.curdir)}
 
 
-__all__ = ["INSTALL_HINT", "WandbBackend", "metric_key", "plain", "rows", "step_key"]
+__all__ = ["DEFAULT_PROJECT", "INSTALL_HINT", "WandbBackend", "local_outputs"]
