@@ -18,11 +18,17 @@ from typing import Any
 import pytest
 from wandb_helpers import (
     PROJECT,
+    config_of,
+    exit_code_of,
+    hidden_metrics,
     line,
+    metric_definitions,
     metric_rows,
     offline_wandb,
+    run_record,
     settle,
     ship_to_wandb,
+    transaction_logs,
     write_config,
     write_log,
 )
@@ -36,15 +42,9 @@ from tf_ship.backends.wandb.rows import events_in_row, metric_key, rows
 from tf_ship.backends.wandb.transaction_log import (
     BLOCK_SIZE,
     TransactionLogError,
-    config_of,
-    exit_code_of,
-    hidden_metrics,
     history_rows,
     iter_payloads,
-    metric_definitions,
     read_records,
-    run_record,
-    transaction_logs,
 )
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 

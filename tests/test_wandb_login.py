@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from support import TF_SHIP, clean_env
 from terminal import on_a_terminal
-from wandb_helpers import line, write_log
+from wandb_helpers import line, transaction_logs, write_log
 
-from tf_ship.backends.wandb.transaction_log import history_rows, transaction_logs
+from tf_ship.backends.wandb.transaction_log import history_rows
 
 pytest.importorskip("wandb")
 
