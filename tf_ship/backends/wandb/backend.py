@@ -107,7 +107,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError, plain
 from tf_ship.backends.hints import program
 from tf_ship.backends.wandb.login import (
@@ -119,7 +118,7 @@ from tf_ship.backends.wandb.login import (
     stdin_not_a_terminal,
 )
 from tf_ship.backends.wandb.replay import Replay, earlier_rows
-from tf_ship.backends.wandb.rows import metric_items, rows, step_key
+from tf_ship.backends.wandb.rows import rows, step_key
 from tf_ship.backends.wandb.transaction_log import TransactionLogTail
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
@@ -132,10 +131,6 @@ LOG_FLUSH_INTERVAL = 0.05
 """Seconds between two writes of wandb-core's partial block to the transaction log."""
 DURABLE_TIMEOUT = 30.0
 """Seconds `flush` waits for the transaction log to hold every row (then it fails, to retry)."""
-SETTLE_TIMEOUT = 1.0
-"""Seconds `flush` at most watches an older wandb-core write (see `wandb_pending`)."""
-_TOLD_DELIVERY: list[bool] = []
-"""Not empty once the delivery of an older wandb was announced (once per process)."""
 
 
 def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
@@ -146,16 +141,25 @@ def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
     return wandb
 
 
+def _settings(wandb: Any) -> Any:  # noqa: ANN401 - the wandb module, a wandb.Settings
+    """The run's settings: wandb-core writes its log every LOG_FLUSH_INTERVAL (wandb 0.31 on).
+
+    An older wandb has no such setting, so that `flush` could not wait until rows are written:
+    it is refused (docs/delivery.md#what-a-crash-costs).
+    """
+    try:
+        return wandb.Settings(console="off", x_transaction_log_flush_interval=LOG_FLUSH_INTERVAL)
+    except (TypeError, ValueError) as error:
+        version = getattr(wandb, "__version__", "?")
+        msg = (
+            f"wandb {version} is too old: tf-ship needs wandb 0.31 or later (older ones can "
+            "lose rows in a crash); install tf-ship[wandb]"
+        )
+        raise FatalBackendError(msg) from error
+
+
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _logged_values(events: Sequence[MetricEvent]) -> dict[str, Any]:
-    """The keys and values the row of these events holds (x-axes included)."""
-    values: dict[str, Any] = {}
-    for row in rows(events):
-        values.update(row.values)
-    return values
 
 
 class WandbBackend:
@@ -199,8 +203,6 @@ class WandbBackend:
         self._models: set[str] = set()
         self._keys: set[str] = set()
         self._handed_over: set[tuple[FileIdentity | None, int]] = set()
-        self._rows = 0
-        self._acknowledged_step: int | None = None
         self._view: str | None = None
         self._replay = Replay()
         """What earlier sessions of the run hold, and the replayed events to leave out."""
@@ -210,12 +212,7 @@ class WandbBackend:
         """Events the run holds as of the last flush: what the resume state records."""
         self._unseen: collections.deque[list[MetricEvent]] = collections.deque()
         """Rows handed over that this session's transaction log does not show yet."""
-        self._pending = ""
-        """The rows unseen as of the last flush, for the resume state (`wandb_pending`)."""
         self._tail: TransactionLogTail | None = None
-        self._durable = False
-        """True when wandb-core writes its log on a timer, so that `flush` can wait for it."""
-        self._resend: list[list[MetricEvent]] = []
         self._closed = False
 
     # -- the run ------------------------------------------------------------------------------
@@ -225,6 +222,7 @@ class WandbBackend:
         if self._run is not None:
             return
         wandb = _import_wandb()
+        start_settings = _settings(wandb)
         if self._closed:  # the next segment's run: nothing of the previous one is kept
             self._reset()
         saved_id = _text(run.state.get("run_id"))
@@ -236,7 +234,9 @@ class WandbBackend:
             raise FatalBackendError(no_credentials_message(base_url(wandb)))
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
-        self._run = self._init(wandb, run, run_id=run_id, directory=directory, mode=mode)
+        self._run = self._init(
+            wandb, run, start_settings, run_id=run_id, directory=directory, mode=mode
+        )
         self._closed = False
         self._resume = {"run_id": str(self._run.id), "dir": self._root_dir(directory)}
         settings = getattr(self._run, "settings", None)
@@ -252,18 +252,13 @@ class WandbBackend:
             self._tail = TransactionLogTail(current)
             if run_id:
                 self._resume_sessions(run, current, own=run_id == saved_id)
-            if not self._durable:
-                self._tell_delivery(wandb, online=online)
-        for events in self._resend:
-            self._hand_over(self._run, events)
-        self._resend = []
         self._flushed_events = self._replay.held + self._sent
-        self._pending = wandb_pending.encode(self._unseen)
 
-    def _init(
+    def _init(  # noqa: PLR0913 - the run, its settings and three wandb.init arguments
         self,
         wandb: Any,  # noqa: ANN401 - the wandb module
         run: RunInfo,
+        settings: Any,  # noqa: ANN401 - a wandb.Settings
         *,
         run_id: str | None,
         directory: str | None,
@@ -272,7 +267,6 @@ class WandbBackend:
         """``wandb.init``, which never prompts: wandb's refusals are fatal."""
         group, name, tags = self._naming(run)
         online = effective_mode(wandb, mode) not in OFFLINE_MODES
-        settings, self._durable = self._settings(wandb)
         try:
             with stdin_not_a_terminal() if online else contextlib.nullcontext():
                 return wandb.init(
@@ -300,31 +294,16 @@ class WandbBackend:
         """Count what the sessions before `current` wrote, against the state when it is own."""
         saved = run.state.get("events") if own else None
         saved = saved if isinstance(saved, int) else None
-        pending = wandb_pending.decode(run.state.get("pending")) if own else []
         saved_root = _text(run.state.get("dir")) if own else None
-        earlier = earlier_rows(current, saved_root)
-        self._replay = Replay.of(earlier, saved)
+        self._replay = Replay.of(earlier_rows(current, saved_root), saved)
         held = self._replay.held
-        if saved is None or held >= saved:
-            return
-        lost = None
-        if pending:
-            stored = [metric_items(row) for row in earlier]
-            lost = wandb_pending.lost_rows(stored, held, saved, pending, _logged_values)
-        if lost:
-            self._resend = lost
-            logger.info(
-                "wandb: %d events acknowledged before the crash were not in wandb's "
-                "transaction log; sending them again",
+        if saved is not None and held < saved:
+            logger.warning(
+                "wandb: the run holds %d events, %d fewer than acknowledged before the crash "
+                "(wandb lost them); they are not sent again",
+                held,
                 saved - held,
             )
-            return
-        logger.warning(
-            "wandb: the run holds %d events, %d fewer than acknowledged before the crash "
-            "(wandb lost them); they are not sent again",
-            held,
-            saved - held,
-        )
 
     def _naming(self, run: RunInfo) -> tuple[str | None, str | None, list[str]]:
         """Group, name and tags of the run: a restart's are derived from the first run's."""
@@ -335,27 +314,6 @@ class WandbBackend:
         name = f"{first_name}-restart{run.segment}" if first_name else None
         tags = [*self.tags, "restart"] if "restart" not in self.tags else list(self.tags)
         return self.group or first_id, name, tags
-
-    def _settings(self, wandb: Any) -> tuple[Any, bool]:  # noqa: ANN401 - wandb objects
-        """The run's settings; True when wandb-core writes its log every LOG_FLUSH_INTERVAL."""
-        try:
-            return wandb.Settings(
-                console="off", x_transaction_log_flush_interval=LOG_FLUSH_INTERVAL
-            ), True
-        except (TypeError, ValueError):  # a wandb before 0.31: see wandb_pending
-            return wandb.Settings(console="off"), False
-
-    def _tell_delivery(self, wandb: Any, *, online: bool) -> None:  # noqa: ANN401 - wandb
-        """Say once per process what an online run gets from a wandb before 0.31."""
-        if not online or _TOLD_DELIVERY:
-            return
-        _TOLD_DELIVERY.append(True)
-        logger.warning(
-            "wandb %s writes its transaction log only in 32 KiB blocks: after a crash of "
-            "tf-ship, the rows of the last block are sent again and may appear twice in the "
-            "online run (wandb >= 0.31 avoids this; offline runs get every row once)",
-            getattr(wandb, "__version__", "?"),
-        )
 
     def _root_dir(self, directory: str | None) -> str | None:
         root = getattr(getattr(self._run, "settings", None), "root_dir", None)
@@ -370,13 +328,9 @@ class WandbBackend:
     def resume_state(self) -> dict[str, Any]:
         """The run id and wandb directory, for `open` to resume the same run next time.
 
-        Also how many events the run holds as of the last flush, to recognise a replay's rows,
-        and (wandb before 0.31) the rows its transaction log did not show yet then.
+        Also how many events the run holds as of the last flush, to recognise a replay's rows.
         """
-        state: dict[str, Any] = {**self._resume, "events": self._flushed_events}
-        if self._pending:
-            state["pending"] = self._pending
-        return state
+        return {**self._resume, "events": self._flushed_events}
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -402,7 +356,6 @@ class WandbBackend:
             for model, keys in row.keys_by_model.items():
                 self._define(run, model, keys)
             run.log(row.values)
-            self._rows += 1
             self._sent += len(row.events)
             handed_over.update((e.file, e.offset) for e in row.events if e.offset >= 0)
             if self._tail is not None:
@@ -433,33 +386,23 @@ class WandbBackend:
     def flush(self) -> None:
         """Make every row so far survive a crash of tf-ship (wandb has no flush).
 
-        wandb 0.31 on: a round trip through wandb-core (its handler has then taken every row),
-        then polling of the transaction log, which wandb-core writes every LOG_FLUSH_INTERVAL,
-        until it shows every row. Older wandb writes it only in 32 KiB blocks: after the round
-        trip and a short look at what it writes, the rows it does not show yet are recorded in
-        the resume state instead (`wandb_pending`).
+        A round trip through wandb-core (its handler has then taken every row), then polling of
+        the transaction log, which wandb-core writes every LOG_FLUSH_INTERVAL, until it shows
+        every row.
         """
         run = self._run
         if run is None:
             return
-        if not run.disabled and run.settings.mode != "shared":
-            if self._durable and self._tail is not None:
-                self._acknowledged_step = run.step  # a round trip through wandb-core
-                self._wait_until_logged(self._tail)
-            else:
-                self._round_trip(run)
-                if self._tail is not None:
-                    self._settle(self._tail)
+        if not run.disabled and run.settings.mode != "shared" and self._tail is not None:
+            _ = run.step  # a round trip through wandb-core
+            self._wait_until_logged(self._tail)
         self._flushed_events = self._replay.held + self._sent
-        self._pending = wandb_pending.encode(self._unseen)
         self._handed_over.clear()
 
-    def _take_logged(self, tail: TransactionLogTail) -> bool:
-        """Forget the rows the transaction log now shows; True when it showed new ones."""
-        written = tail.new_history_count()
-        for _ in range(min(written, len(self._unseen))):
+    def _take_logged(self, tail: TransactionLogTail) -> None:
+        """Forget the rows the transaction log now shows."""
+        for _ in range(min(tail.new_history_count(), len(self._unseen))):
             self._unseen.popleft()
-        return written > 0
 
     def _wait_until_logged(self, tail: TransactionLogTail) -> None:
         deadline = time.monotonic() + DURABLE_TIMEOUT
@@ -477,25 +420,6 @@ class WandbBackend:
             time.sleep(interval)
             interval = min(interval * 2, LOG_FLUSH_INTERVAL)
 
-    @staticmethod
-    def _round_trip(run: Any) -> None:  # noqa: ANN401 - a wandb Run
-        """Wait until wandb-core's handler took every row (``run.step`` is local before 0.28).
-
-        Reading the summary asks wandb-core for it, behind the rows sent before. It only keeps
-        the pending rows few: when it fails, more of them are recorded, which is as correct.
-        """
-        with contextlib.suppress(Exception):
-            run.summary.keys()
-
-    def _settle(self, tail: TransactionLogTail) -> None:
-        """Take what the writer still writes after the round trip: until two looks show nothing."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        quiet = 0
-        while self._unseen and quiet < 2 and time.monotonic() < deadline:
-            quiet = 0 if self._take_logged(tail) else quiet + 1
-            if self._unseen and quiet < 2:
-                time.sleep(0.005)
-
     def close(self, status: RunStatus) -> None:
         """Finish the run: exit code 1 for FAILED, else 0; a second call does nothing."""
         if self._closed:
@@ -511,10 +435,6 @@ class WandbBackend:
     def view_hint(self) -> str | None:
         """`wandb sync ...` for an offline run, the run's address for an online one."""
         return self._view
-
-    def describe(self) -> dict[str, Any]:
-        """The run id, directory and rows logged, for the final summary."""
-        return {**self._resume, "rows": self._rows}
 
 
 def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:
