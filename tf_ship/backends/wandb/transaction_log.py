@@ -1,9 +1,4 @@
-"""Read what a wandb run wrote to its transaction log (``run-<id>.wandb``).
-
-wandb keeps every record of a run in a transaction log, the file an offline run leaves in
-``<dir>/wandb/offline-run-<time>-<id>/run-<id>.wandb`` and ``wandb sync`` uploads later. wandb
-0.31 ships no Python reader for it; this is a small one, for tests and for finding out what
-already reached a run.
+"""A reader of the transaction log a wandb run writes (``run-<id>.wandb``): wandb ships none.
 
 The format, as wandb-core writes it (``core/internal/stream/store.go`` and the LevelDB-style
 ``core/pkg/leveldb/record.go`` of the wandb sources)::
@@ -14,20 +9,10 @@ The format, as wandb-core writes it (``core/internal/stream/store.go`` and the L
     chunk  := crc: uint32 LE  length: uint16 LE  type: uint8  payload[length]
     type   := 1 full | 2 first | 3 middle | 4 last
 
-A chunk never crosses a block boundary: a record too long for the rest of its block is split
-into a first, middle... and last chunk; fewer than 7 bytes left at the end of a block are
-zeros. The checksum is the standard (IEEE, zlib) CRC-32 of the type byte and the payload
-(wandb-core opens its store with ``CRCAlgoIEEE``; LevelDB's own masked CRC-32C is not used).
-Each record's bytes are one serialized ``wandb.proto.wandb_internal_pb2.Record``.
-
-wandb-core's writer keeps the current 32 KiB block in memory and writes it only when it is
-full, when the run finishes or (wandb 0.31 on) every ``x_transaction_log_flush_interval``, so a
-file read while its run is alive lags behind; a file whose writer died ends with a torn block
-(`read_records` with ``strict=False`` keeps what is whole).
-
-Values are JSON text (``value_json``): `decode_json` reads them with NaN, ``Infinity`` and
-``-Infinity`` as floats, integers exactly (beyond 2**53 too), and ``-0`` (wandb-core's spelling
-of a negative zero) as ``-0.0``.
+A record too long for the rest of its block is split into first, middle... and last chunks;
+fewer than 7 bytes left at a block's end are zeros. The checksum is zlib's CRC-32 of the type
+byte and the payload; each record is one serialized ``wandb_internal_pb2.Record``. When
+wandb-core writes the file (and so why a live run's file lags): docs/delivery.md.
 """
 
 from __future__ import annotations
