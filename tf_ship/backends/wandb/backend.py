@@ -31,7 +31,7 @@ from tf_ship.backends.wandb.login import (
 from tf_ship.backends.wandb.replay import Replay, earlier_rows
 from tf_ship.backends.wandb.rows import rows, step_key
 from tf_ship.backends.wandb.transaction_log import TransactionLogTail
-from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.contract import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
 logger = logging.getLogger("tf_ship")
 
