@@ -31,10 +31,10 @@ pytest.importorskip("tensorboard")
 from mlflow import MlflowClient
 from support import wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from wandb_helpers import line, offline_wandb_env, write_config
+from wandb_helpers import exit_code_of, line, offline_wandb_env, run_record, write_config
 
 import tf_ship
-from tf_ship.backends.wandb_records import exit_code_of, history_rows, run_record
+from tf_ship.backends.wandb.transaction_log import history_rows
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.ship import ShipOptions, Shipper

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing import event_accumulator
-from wandb_helpers import offline_wandb_env
+from wandb_helpers import config_of, exit_code_of, offline_wandb_env, transaction_logs
 
 from tf_ship.backends.mlflow import KEY_MAP_TAG
 from tf_ship.backends.tensorboard import folder_name
-from tf_ship.backends.wandb_records import exit_code_of, history_rows, transaction_logs
+from tf_ship.backends.wandb.transaction_log import history_rows
 
 Event = tuple[str, str, int, float]
 PREFIX = b"TORCHFORT::WANDB: model: "
@@ -202,8 +202,6 @@ def wandb_events(directory: Path) -> tuple[list[Event], dict[str, Any]]:
                 continue
             model = next(m for m in steps if key.startswith(m + "/"))
             events.append((model, key[len(model) + 1 :], steps[model], float(value)))
-    from tf_ship.backends.wandb_records import config_of  # noqa: PLC0415
-
     return events, config_of(logs[0])
 
 

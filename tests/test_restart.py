@@ -36,8 +36,9 @@ from wandb_helpers import offline_wandb, settle
 
 from tf_ship.backends.mlflow import MlflowBackend
 from tf_ship.backends.tensorboard import TensorBoardBackend
-from tf_ship.backends.wandb import WandbBackend, session_logs
-from tf_ship.backends.wandb_records import history_rows
+from tf_ship.backends.wandb import WandbBackend
+from tf_ship.backends.wandb.replay import session_logs
+from tf_ship.backends.wandb.transaction_log import history_rows
 from tf_ship.shipper.events import FileIdentity, MetricEvent, RunInfo, RunStatus
 
 Key = tuple[str, str, int, float]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import math
 import signal
 import struct
@@ -18,31 +17,32 @@ from typing import Any
 import pytest
 from wandb_helpers import (
     PROJECT,
+    config_of,
+    exit_code_of,
+    hidden_metrics,
     line,
+    metric_definitions,
     metric_rows,
     offline_wandb,
+    run_record,
     settle,
     ship_to_wandb,
+    transaction_logs,
     write_config,
     write_log,
 )
 
 import tf_ship
-from tf_ship.backends import wandb_pending
 from tf_ship.backends.base import FatalBackendError
-from tf_ship.backends.wandb import WandbBackend, events_in_row, metric_key, rows, session_logs
-from tf_ship.backends.wandb_records import (
+from tf_ship.backends.wandb.backend import WandbBackend
+from tf_ship.backends.wandb.replay import session_logs
+from tf_ship.backends.wandb.rows import events_in_row, metric_key, rows
+from tf_ship.backends.wandb.transaction_log import (
     BLOCK_SIZE,
     TransactionLogError,
-    config_of,
-    exit_code_of,
-    hidden_metrics,
     history_rows,
     iter_payloads,
-    metric_definitions,
     read_records,
-    run_record,
-    transaction_logs,
 )
 from tf_ship.shipper.events import FileIdentity, MetricEvent, ModelConfig, RunInfo, RunStatus
 
@@ -333,7 +333,6 @@ def test_resume_state_reopens_the_same_run(runs: Path, logdir: Path, tmp_path: P
     second_dir = tmp_path / "second"
     second, second_log = ship_to_wandb(logdir, second_dir, ship_options={"state_file": state_file})
     state = second.resume_state()
-    state.pop("pending", None)  # wandb before 0.31: rows its log did not show at the flush
     assert state == {"run_id": run_id, "dir": str(second_dir), "events": 3}
     assert run_record(second_log).run_id == run_id
     record = run_record(second_log)
@@ -463,7 +462,7 @@ def test_close_releases_the_run_when_finish_raises() -> None:
     assert run.finish_calls == 1
 
 
-# -- rows wandb-core held in memory when the shipper died ---------------------------------------
+# -- a crash of the shipper --------------------------------------------------------------------
 
 CRASH_AFTER_FLUSH = """
 import json, os, signal, sys
@@ -471,21 +470,16 @@ from pathlib import Path
 from tf_ship.backends.wandb import WandbBackend
 from tf_ship.shipper.events import MetricEvent, RunInfo
 
-def whole_blocks_only(self, wandb):  # what wandb before 0.31 does (0.31: interval 0)
-    try:
-        return wandb.Settings(console="off", x_transaction_log_flush_interval=0), False
-    except (TypeError, ValueError):
-        return wandb.Settings(console="off"), False
-
-WandbBackend._settings = whole_blocks_only
 runs, state_file, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 backend = WandbBackend(directory=str(runs), project="tf-ship-tests")
 backend.open(RunInfo(runs, runs / "torchfort.log"))
 events = [MetricEvent(m, "loss", step, step / 4) for step in range(count) for m in ("a", "b")]
-backend.log_metrics(events)
+backend.log_metrics(events[: len(events) // 2])
 backend.flush()
-state_file.write_text(json.dumps(backend.resume_state()))
-os.kill(os.getpid(), signal.SIGKILL)  # wandb-core exits without writing its last block
+state_file.write_text(json.dumps(backend.resume_state()))  # the cursor tf-ship saved
+backend.log_metrics(events[len(events) // 2 :])
+backend.flush()  # acknowledged, but the crash comes before tf-ship saves the state
+os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
@@ -495,12 +489,14 @@ def _crash_events(start: int, stop: int) -> list[MetricEvent]:
     ]
 
 
-def test_rows_wandb_lost_in_a_crash_are_sent_again(runs: Path, tmp_path: Path) -> None:
-    """A wandb-core that writes whole 32 KiB blocks only dies with the shipper after a flush.
+def test_rows_persisted_after_the_saved_cursor_are_not_sent_twice(
+    runs: Path, tmp_path: Path
+) -> None:
+    """A crash after a flush the state does not record yet: the replay skips what the run holds.
 
-    The rows of its last block are lost; the state holds them as pending, and the next session
-    sends exactly those first: every event is in the run once. (What wandb before 0.31 does,
-    forced on 0.31 with a transaction-log flush interval of 0.)
+    The state counts 1000 events; the crashed session's log holds 2000 (flushed, so written).
+    The next session replays from the saved cursor: the first 1000 events of the replay are
+    recognised value by value and left out, the rest is sent: every event is in the run once.
     """
     state_file = tmp_path / "state.json"
     first = subprocess.run(
@@ -512,15 +508,13 @@ def test_rows_wandb_lost_in_a_crash_are_sent_again(runs: Path, tmp_path: Path) -
     )
     assert first.returncode == -signal.SIGKILL, first.stderr
     state = json.loads(state_file.read_text())
-    assert state["events"] == 2000
-    assert state.get("pending"), state  # rows the log did not show at the flush
+    assert state["events"] == 1000
     run_id = state["run_id"]
     second = WandbBackend(directory=str(runs), project=PROJECT)
     second.open(RunInfo(tmp_path, tmp_path / "torchfort.log", state=state))  # waits for release
     (crashed,) = session_logs(runs / "wandb", run_id)[:1]
-    written = sum(events_in_row(row) for row in history_rows(crashed, strict=False))
-    assert written < 2000  # the crash lost rows: the case this test is about
-    second.log_metrics(_crash_events(1000, 1010))  # the replay after the saved cursor
+    assert sum(events_in_row(row) for row in history_rows(crashed, strict=False)) == 2000
+    second.log_metrics(_crash_events(500, 1010))  # the replay after the saved cursor
     second.flush()
     assert second.resume_state()["events"] == 2020
     second.close(RunStatus.FINISHED)
@@ -536,71 +530,27 @@ def test_rows_wandb_lost_in_a_crash_are_sent_again(runs: Path, tmp_path: Path) -
     assert found == expected
 
 
-def _row(*steps: int) -> list[MetricEvent]:
-    return [MetricEvent("m", "loss", step, step / 2) for step in steps]
+def test_an_older_wandb_is_refused_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A wandb before 0.31 cannot write its log on a timer: one line naming the floor, no run."""
 
+    def settings(**options: Any) -> dict[str, Any]:
+        if "x_transaction_log_flush_interval" in options:  # as wandb 0.19 to 0.30 refuse it
+            msg = "Extra inputs are not permitted"
+            raise ValueError(msg)
+        return options
 
-def _stored(events: list[MetricEvent]) -> dict[str, Any]:
-    """The history row (without wandb's keys) of a one-event row, and its logged values."""
-    return {"m/loss": events[-1].value, "m/step": events[-1].step}
-
-
-@pytest.mark.parametrize(
-    ("written", "lost"),
-    [(0, [[3], [4]]), (1, [[4]])],
-    ids=["none of the pending rows written", "the first pending row written"],
-)
-def test_lost_pending_rows_are_the_unwritten_tail(written: int, lost: list[list[int]]) -> None:
-    """The logs end with a prefix of the pending rows: the rest are the lost ones."""
-    before = [_row(1), _row(2)]
-    pending = [_row(3), _row(4)]
-    earlier = [_stored(row) for row in [*before, *pending[:written]]]
-    found = wandb_pending.lost_rows(earlier, 2 + written, 4, pending, _stored)
-    assert found == [_row(*steps) for steps in lost]
-
-
-def test_pending_rows_that_do_not_match_the_logs_are_not_sent() -> None:
-    """Logs that lack rows before the pending ones, or hold other values, fit no prefix."""
-    pending = [_row(3), _row(4)]
-    assert wandb_pending.lost_rows([_stored(_row(1))], 1, 4, pending, _stored) is None
-    other = [_stored(_row(1)), _stored(_row(2)), {"m/loss": 9.0, "m/step": 3}]
-    assert wandb_pending.lost_rows(other, 3, 4, pending, _stored) is None
-
-
-def test_pending_rows_round_trip_exactly() -> None:
-    """NaN, infinities, -0 and big steps survive the state file's text."""
-    rows_ = [[MetricEvent("a/b", "x", 2**63 - 1, -0.0), MetricEvent("c", "y", -5, math.nan)]]
-    rows_.append([MetricEvent("c", "y", 1, math.inf), MetricEvent("c", "z", 1, 1e-320)])
-    decoded = wandb_pending.decode(json.loads(json.dumps(wandb_pending.encode(rows_))))
-    assert decoded is not None
-    assert [[(e.model, e.metric, e.step) for e in row] for row in decoded] == [
-        [(e.model, e.metric, e.step) for e in row] for row in rows_
-    ]
-    values = [e.value for row in decoded for e in row]
-    assert math.copysign(1, values[0]) == -1
-    assert math.isnan(values[1])
-    assert values[2:] == [math.inf, 1e-320]
-    assert wandb_pending.decode("") == []
-    assert wandb_pending.decode("not json") is None
-
-
-def test_an_online_run_on_an_older_wandb_is_told_once(caplog: pytest.LogCaptureFixture) -> None:
-    """An online run with a wandb before 0.31 says once what a crash may cost (rows twice)."""
-    told = tf_ship.backends.wandb._TOLD_DELIVERY
-    saved = list(told)
-    told.clear()
-    try:
-        old = types.SimpleNamespace(__version__="0.19.10")
-        with caplog.at_level(logging.WARNING, logger="tf_ship"):
-            WandbBackend()._tell_delivery(old, online=False)
-            assert not caplog.records
-            WandbBackend()._tell_delivery(old, online=True)
-            WandbBackend()._tell_delivery(old, online=True)
-        (record,) = caplog.records
-        assert "wandb 0.19.10" in record.getMessage()
-        assert "may appear twice" in record.getMessage()
-    finally:
-        told[:] = saved
+    monkeypatch.setitem(
+        sys.modules, "wandb", types.SimpleNamespace(__version__="0.19.10", Settings=settings)
+    )
+    with pytest.raises(FatalBackendError) as caught:
+        WandbBackend(directory=str(tmp_path / "runs")).open(
+            RunInfo(tmp_path, tmp_path / "torchfort.log")
+        )
+    assert str(caught.value) == (
+        "wandb 0.19.10 is too old: tf-ship needs wandb 0.31 or later (older ones can lose rows "
+        "in a crash); install tf-ship[wandb]"
+    )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_wandb_is_fatal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -618,7 +568,8 @@ def test_missing_wandb_is_fatal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_importing_the_backend_does_not_import_wandb() -> None:
     """Wandb is imported when a run opens, never when the module is imported."""
     code = (
-        "import sys, tf_ship.backends.wandb, tf_ship.backends.wandb_records\n"
+        "import sys, tf_ship.backends.wandb\n"
+        "import tf_ship.backends.wandb.replay, tf_ship.backends.wandb.transaction_log\n"
         "assert 'wandb' not in sys.modules, 'wandb was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from support import TF_SHIP, clean_env
 from terminal import on_a_terminal
-from wandb_helpers import line, write_log
+from wandb_helpers import line, transaction_logs, write_log
 
-from tf_ship.backends.wandb_records import history_rows, transaction_logs
+from tf_ship.backends.wandb.transaction_log import history_rows
 
 pytest.importorskip("wandb")
 
@@ -30,7 +30,7 @@ PROMPT_TIMEOUT = 90.0
 """Seconds a run may take before it counts as waiting on a prompt (wandb-core starts first)."""
 MISDETECTION = """
 import sys
-import tf_ship.backends.wandb as backend
+import tf_ship.backends.wandb.backend as backend
 backend.credentials_found = lambda wandb: True  # tf-ship misses what wandb then finds missing
 from tf_ship.cli import main
 sys.argv = ["tf-ship", *sys.argv[1:]]
@@ -140,7 +140,7 @@ def test_wandb_init_never_prompts_even_when_the_check_misses(
 
 CHECK = """
 import wandb
-from tf_ship.backends.wandb_login import credentials_found
+from tf_ship.backends.wandb.login import credentials_found
 print(credentials_found(wandb))
 """
 
@@ -222,7 +222,7 @@ def test_offline_runs_need_no_credentials(tmp_path: Path, logdir: Path) -> None:
 
 def test_stdin_is_given_back() -> None:
     """Inside, standard input is no terminal; after the last one out, it is the original."""
-    from tf_ship.backends.wandb_login import stdin_not_a_terminal  # noqa: PLC0415
+    from tf_ship.backends.wandb.login import stdin_not_a_terminal  # noqa: PLC0415
 
     original = sys.stdin
     with stdin_not_a_terminal():

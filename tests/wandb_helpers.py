@@ -1,7 +1,8 @@
 """Helpers for the wandb backend's tests: an offline wandb, TorchFort logs, and reading back.
 
 Every run is an offline run (nothing leaves the machine) whose transaction log the tests read
-with `tf_ship.backends.wandb_records`.
+with `tf_ship.backends.wandb.transaction_log` and the readers of records here (config, run
+record, exit code, metric definitions), which only the tests need.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import pytest
 
 import tf_ship
 from tf_ship.backends.wandb import WandbBackend
-from tf_ship.backends.wandb_records import history_rows, transaction_logs
+from tf_ship.backends.wandb.transaction_log import (
+    TransactionLogError,
+    decode_json,
+    history_rows,
+    read_records,
+)
 
 WANDB_OWN_KEYS = frozenset({"_step", "_runtime", "_timestamp"})
 PROJECT = "tf-ship-tests"
@@ -144,3 +150,102 @@ def metric_rows(path: Path) -> list[dict[str, Any]]:
         {key: value for key, value in row.items() if key not in WANDB_OWN_KEYS}
         for row in history_rows(path)
     ]
+
+
+# -- reading a run's records back ---------------------------------------------------------------
+
+
+def config_of(path: str | Path, *, strict: bool = True) -> dict[str, Any]:
+    """The run's config after every update and removal in the log, as decoded JSON values.
+
+    Includes wandb's own ``_wandb`` entry.
+    """
+    config: dict[str, Any] = {}
+    for record in read_records(path, strict=strict):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            updates, removals = record.run.config.update, ()
+        elif kind == "config":
+            updates, removals = record.config.update, record.config.remove
+        else:
+            continue
+        for item in updates:
+            _set_nested(config, _path_of(item), decode_json(item.value_json))
+        for item in removals:
+            _remove_nested(config, _path_of(item))
+    return config
+
+
+def run_record(path: str | Path, *, strict: bool = True) -> Any:
+    """The first ``run`` record (a ``RunRecord``: id, project, name, group, tags, job type)."""
+    for record in read_records(path, strict=strict):
+        if record.WhichOneof("record_type") == "run":
+            return record.run
+    msg = f"{path} holds no run record"
+    raise TransactionLogError(msg)
+
+
+def exit_code_of(path: str | Path, *, strict: bool = True) -> int | None:
+    """The exit code the run finished with, or None when it did not finish (yet)."""
+    for record in read_records(path, strict=strict):
+        if record.WhichOneof("record_type") == "exit":
+            return int(record.exit.exit_code)
+    return None
+
+
+def metric_definitions(path: str | Path, *, strict: bool = True) -> dict[str, str]:
+    """The x-axis of each metric or glob defined with `define_metric`: name -> step metric.
+
+    Names defined without a step metric map to ``""``.
+    """
+    definitions: dict[str, str] = {}
+    for record in read_records(path, strict=strict):
+        if record.WhichOneof("record_type") == "metric":
+            metric = record.metric
+            name = metric.name or metric.glob_name
+            if name:
+                definitions[str(name)] = str(metric.step_metric)
+    return definitions
+
+
+def hidden_metrics(path: str | Path, *, strict: bool = True) -> set[str]:
+    """The names (or globs) defined with ``define_metric(..., hidden=True)``."""
+    return {
+        str(record.metric.name or record.metric.glob_name)
+        for record in read_records(path, strict=strict)
+        if record.WhichOneof("record_type") == "metric" and record.metric.options.hidden
+    }
+
+
+def transaction_logs(directory: str | Path, run_id: str | None = None) -> list[Path]:
+    """The transaction logs of offline runs under a wandb ``dir``, oldest first.
+
+    `directory` is what was given to ``wandb.init(dir=...)``; runs are in its ``wandb``
+    folder. A run resumed offline with the same id gets one folder per session.
+    """
+    base = Path(directory)
+    wandb_dir = base / "wandb" if (base / "wandb").is_dir() else base
+    pattern = f"offline-run-*-{run_id}/run-{run_id}.wandb" if run_id else "offline-run-*/*.wandb"
+    return sorted(wandb_dir.glob(pattern))
+
+
+def _path_of(item: Any) -> list[str]:
+    return [str(item.key)] if item.key else [str(part) for part in item.nested_key]
+
+
+def _set_nested(target: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            child = target[key] = {}
+        target = child
+    target[keys[-1]] = value
+
+
+def _remove_nested(target: dict[str, Any], keys: list[str]) -> None:
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            return
+        target = child
+    target.pop(keys[-1], None)

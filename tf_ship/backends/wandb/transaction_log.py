@@ -1,9 +1,4 @@
-"""Read what a wandb run wrote to its transaction log (``run-<id>.wandb``).
-
-wandb keeps every record of a run in a transaction log, the file an offline run leaves in
-``<dir>/wandb/offline-run-<time>-<id>/run-<id>.wandb`` and ``wandb sync`` uploads later. wandb
-0.31 ships no Python reader for it; this is a small one, for tests and for finding out what
-already reached a run.
+"""A reader of the transaction log a wandb run writes (``run-<id>.wandb``): wandb ships none.
 
 The format, as wandb-core writes it (``core/internal/stream/store.go`` and the LevelDB-style
 ``core/pkg/leveldb/record.go`` of the wandb sources)::
@@ -14,20 +9,10 @@ The format, as wandb-core writes it (``core/internal/stream/store.go`` and the L
     chunk  := crc: uint32 LE  length: uint16 LE  type: uint8  payload[length]
     type   := 1 full | 2 first | 3 middle | 4 last
 
-A chunk never crosses a block boundary: a record too long for the rest of its block is split
-into a first, middle... and last chunk; fewer than 7 bytes left at the end of a block are
-zeros. The checksum is the standard (IEEE, zlib) CRC-32 of the type byte and the payload
-(wandb-core opens its store with ``CRCAlgoIEEE``; LevelDB's own masked CRC-32C is not used).
-Each record's bytes are one serialized ``wandb.proto.wandb_internal_pb2.Record``.
-
-wandb-core's writer keeps the current 32 KiB block in memory and writes it only when it is
-full, when the run finishes or (wandb 0.31 on) every ``x_transaction_log_flush_interval``, so a
-file read while its run is alive lags behind; a file whose writer died ends with a torn block
-(`read_records` with ``strict=False`` keeps what is whole).
-
-Values are JSON text (``value_json``): `decode_json` reads them with NaN, ``Infinity`` and
-``-Infinity`` as floats, integers exactly (beyond 2**53 too), and ``-0`` (wandb-core's spelling
-of a negative zero) as ``-0.0``.
+A record too long for the rest of its block is split into first, middle... and last chunks;
+fewer than 7 bytes left at a block's end are zeros. The checksum is zlib's CRC-32 of the type
+byte and the payload; each record is one serialized ``wandb_internal_pb2.Record``. When
+wandb-core writes the file (and so why a live run's file lags): docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -226,80 +211,6 @@ def history_rows(path: str | Path, *, strict: bool = True) -> list[dict[str, Any
     ]
 
 
-def config_of(path: str | Path, *, strict: bool = True) -> dict[str, Any]:
-    """The run's config after every update and removal in the log, as decoded JSON values.
-
-    Includes wandb's own ``_wandb`` entry.
-    """
-    config: dict[str, Any] = {}
-    for record in read_records(path, strict=strict):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            updates, removals = record.run.config.update, ()
-        elif kind == "config":
-            updates, removals = record.config.update, record.config.remove
-        else:
-            continue
-        for item in updates:
-            _set_nested(config, _path_of(item), decode_json(item.value_json))
-        for item in removals:
-            _remove_nested(config, _path_of(item))
-    return config
-
-
-def run_record(path: str | Path, *, strict: bool = True) -> WandbRecord:
-    """The first ``run`` record (a ``RunRecord``: id, project, name, group, tags, job type)."""
-    for record in read_records(path, strict=strict):
-        if record.WhichOneof("record_type") == "run":
-            return record.run
-    msg = f"{path} holds no run record"
-    raise TransactionLogError(msg)
-
-
-def exit_code_of(path: str | Path, *, strict: bool = True) -> int | None:
-    """The exit code the run finished with, or None when it did not finish (yet)."""
-    for record in read_records(path, strict=strict):
-        if record.WhichOneof("record_type") == "exit":
-            return int(record.exit.exit_code)
-    return None
-
-
-def metric_definitions(path: str | Path, *, strict: bool = True) -> dict[str, str]:
-    """The x-axis of each metric or glob defined with `define_metric`: name -> step metric.
-
-    Names defined without a step metric map to ``""``.
-    """
-    definitions: dict[str, str] = {}
-    for record in read_records(path, strict=strict):
-        if record.WhichOneof("record_type") == "metric":
-            metric = record.metric
-            name = metric.name or metric.glob_name
-            if name:
-                definitions[str(name)] = str(metric.step_metric)
-    return definitions
-
-
-def hidden_metrics(path: str | Path, *, strict: bool = True) -> set[str]:
-    """The names (or globs) defined with ``define_metric(..., hidden=True)``."""
-    return {
-        str(record.metric.name or record.metric.glob_name)
-        for record in read_records(path, strict=strict)
-        if record.WhichOneof("record_type") == "metric" and record.metric.options.hidden
-    }
-
-
-def transaction_logs(directory: str | Path, run_id: str | None = None) -> list[Path]:
-    """The transaction logs of offline runs under a wandb ``dir``, oldest first.
-
-    `directory` is what was given to ``wandb.init(dir=...)``; runs are in its ``wandb``
-    folder. A run resumed offline with the same id gets one folder per session.
-    """
-    base = Path(directory)
-    wandb_dir = base / "wandb" if (base / "wandb").is_dir() else base
-    pattern = f"offline-run-*-{run_id}/run-{run_id}.wandb" if run_id else "offline-run-*/*.wandb"
-    return sorted(wandb_dir.glob(pattern))
-
-
 class TransactionLogTail:
     """Reads a transaction log that is still being written, a complete record at a time.
 
@@ -382,42 +293,9 @@ class TransactionLogTail:
                 histories.append(record.history)
         return histories
 
-    def new_history_rows(self) -> list[dict[str, Any]]:
-        """The history rows among the records completed since the last call."""
-        return [
-            {item_key(item): item_value(item) for item in history.item}
-            for history in self._new_histories()
-        ]
-
     def new_history_count(self) -> int:
         """How many history rows the records completed since the last call hold."""
         return len(self._new_histories())
-
-    def new_history_keys(self) -> list[list[str]]:
-        """The keys of those rows only: no value is decoded (cheap enough for every flush)."""
-        return [[item_key(item) for item in history.item] for history in self._new_histories()]
-
-
-def _path_of(item: Any) -> list[str]:  # noqa: ANN401 - a protobuf item
-    return [str(item.key)] if item.key else [str(part) for part in item.nested_key]
-
-
-def _set_nested(target: dict[str, Any], keys: list[str], value: Any) -> None:  # noqa: ANN401
-    for key in keys[:-1]:
-        child = target.get(key)
-        if not isinstance(child, dict):
-            child = target[key] = {}
-        target = child
-    target[keys[-1]] = value
-
-
-def _remove_nested(target: dict[str, Any], keys: list[str]) -> None:
-    for key in keys[:-1]:
-        child = target.get(key)
-        if not isinstance(child, dict):
-            return
-        target = child
-    target.pop(keys[-1], None)
 
 
 __all__ = [
@@ -430,16 +308,10 @@ __all__ = [
     "MIDDLE",
     "TransactionLogError",
     "TransactionLogTail",
-    "config_of",
     "decode_json",
-    "exit_code_of",
-    "hidden_metrics",
     "history_rows",
     "item_key",
     "item_value",
     "iter_payloads",
-    "metric_definitions",
     "read_records",
-    "run_record",
-    "transaction_logs",
 ]

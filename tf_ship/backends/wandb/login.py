@@ -1,17 +1,9 @@
 """Whether wandb can log in without asking, and a ``wandb.init`` that never asks.
 
-wandb asks for an API key on the terminal when an online run starts without one (a menu, then
-a hidden prompt), over tf-ship's own output and from a worker thread. tf-ship never lets it: the
-wandb backend looks for credentials first, the way wandb does, and fails at once with what to
-do when there are none; and while ``wandb.init`` runs, standard input is not a terminal to
-wandb, so that a source of credentials missed here makes wandb raise instead of prompting
-(every wandb from 0.19.10 on prompts only when ``sys.stdin`` is a terminal).
-
-Where wandb looks (0.19.10 to 0.31): a key or identity token file in its settings or the
-environment (``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, its settings files), credentials
-a ``wandb.login()`` of this process left, and the netrc entry of its base URL (``wandb login``
-writes it; ``$NETRC``, else ``~/.netrc``). Keys are never read into tf-ship's own state or
-printed: only whether one exists matters here.
+The backend looks for credentials where wandb does and fails at once without any; while
+``wandb.init`` runs, standard input is not a terminal to wandb, so that a source missed here
+makes wandb raise instead of prompting. Where wandb looks: docs/backends.md (wandb). Keys are
+never read into tf-ship's state or printed: only whether one exists matters here.
 """
 
 from __future__ import annotations
