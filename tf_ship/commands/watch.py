@@ -27,6 +27,8 @@ from typing import Any
 import attrs
 import click
 
+from tf_ship.backends.spec import BackendOption, BackendSpec, PerLogOutput
+from tf_ship.backends.specs import builtin_specs
 from tf_ship.cli import CONTEXT
 from tf_ship.cli_options import (
     EXIT_FAILURE,
@@ -410,17 +412,15 @@ class Watcher:
         return f"{prefix}-{log.name}" if prefix else log.name
 
     def request_for(self, log: WatchedLog) -> ShipRequest:
-        """The request for one log: its own output for --tensorboard-dir and --jsonl-path.
+        """The request for one log: its own output for each option with a per-log rule.
 
-        --tensorboard-dir DIR becomes DIR/<name>, --jsonl-path DIR becomes DIR/<name>.jsonl.
+        For example --tensorboard-dir DIR becomes DIR/<name> (`BackendOption.per_log`).
         """
         options = {name: dict(values) for name, values in self.request.backend_options.items()}
-        tensorboard = options.get("tensorboard")
-        if tensorboard and tensorboard.get("directory"):
-            tensorboard["directory"] = str(Path(tensorboard["directory"]) / log.name)
-        jsonl = options.get("jsonl")
-        if jsonl is not None:
-            jsonl["path"] = str(Path(jsonl["path"]) / f"{log.name}.jsonl")
+        for spec, option, rule in _per_log_rules():
+            values = options.get(spec.name)
+            if values is not None and rule.given(values.get(option.keyword)):
+                values[option.keyword] = rule.for_log(values[option.keyword], log.name)
         return attrs.evolve(self.request, backend_options=options)
 
     def _start(self, log: WatchedLog) -> None:
@@ -541,39 +541,42 @@ def check_request(request: ShipRequest) -> None:
         )
         raise click.UsageError(msg)
     options = request.backend_options
-    for backend, flag in (("wandb", "--wandb-id"), ("mlflow", "--mlflow-run-id")):
-        if options.get(backend, {}).get("run_id"):
-            msg = f"{flag} would send every log to one run: watch starts a run per log directory"
+    for spec in builtin_specs():
+        for option in spec.options:
+            if option.names_one_run and options.get(spec.name, {}).get(option.keyword):
+                msg = (
+                    f"{option.flag} would send every log to one run: watch starts a run per log "
+                    "directory"
+                )
+                raise click.UsageError(msg)
+    for spec, option, rule in _per_log_rules():
+        values = options.get(spec.name)
+        if rule.required and values is not None and not rule.given(values.get(option.keyword)):
+            what = "file" if rule.suffix else "folder"
+            msg = (
+                f"--backend {spec.name} needs {option.flag} DIR with watch (one {what} per log: "
+                f"DIR/NAME{rule.suffix})"
+            )
             raise click.UsageError(msg)
-    if "jsonl" in options and str(options["jsonl"].get("path") or "-") == "-":
-        msg = "--backend jsonl needs --jsonl-path DIR with watch (one file per log: DIR/NAME.jsonl)"
-        raise click.UsageError(msg)
 
 
-def _watch(
+def _per_log_rules() -> list[tuple[BackendSpec, BackendOption, PerLogOutput]]:
+    """Every backend option that watch rewrites for each log, with its rule."""
+    return [
+        (spec, option, option.per_log)
+        for spec in builtin_specs()
+        for option in spec.options
+        if option.per_log is not None
+    ]
+
+
+def _watch(  # its help: `_watch_help`
     root: Path,
     max_logs: int,
     scan_interval: float,
     depth: int | None,
     **params: Any,  # noqa: ANN401
 ) -> None:
-    """Ship every TorchFort log under ROOT, each to runs of its own, as new ones appear.
-
-    Finds every folder under ROOT (ROOT included, hidden folders skipped) that holds a
-    torchfort.log and ships it as `tf-ship --logdir FOLDER` would: its own backends, its own
-    tracker runs and its own state file (FOLDER/.tf-ship-state.json), so that running the same
-    command again continues each log where it stopped. The runs of a log are named after its
-    path below ROOT with / replaced by - (with --run-name NAME: NAME-<folder>);
-    --tensorboard-dir DIR writes to DIR/<folder>, --jsonl-path DIR to DIR/<folder>.jsonl.
-
-    At most --max-logs logs ship at once; the others wait their turn, in the order found, until
-    a log ends. With --follow (the default), ROOT is searched again every --scan-interval
-    seconds, each log ships until --timeout seconds without new lines (then it is shipped again
-    from where it stopped when it grows), and watch runs until SIGINT or SIGTERM. With
-    --no-follow, every log found is shipped once and watch exits. --wait is how long to wait for
-    ROOT to appear. One summary line per log and a total go to standard error; the exit code is
-    1 when a backend of any log failed.
-    """
     signals = StopSignals("stopping every log").install()  # also while SDKs are imported
     request = ship_request(params)
     check_request(request)
@@ -618,8 +621,35 @@ _WATCH_OPTIONS = [
     ),
 ]
 
+
+def _watch_help() -> str:
+    """The command's help; which options write to one place per log comes from the specs."""
+    places = ", ".join(
+        f"{option.flag} DIR {'writes to' if not index else 'to'} {rule.target}"
+        for index, (_, option, rule) in enumerate(_per_log_rules())
+    )
+    return f"""Ship every TorchFort log under ROOT, each to runs of its own, as new ones appear.
+
+    Finds every folder under ROOT (ROOT included, hidden folders skipped) that holds a
+    torchfort.log and ships it as `tf-ship --logdir FOLDER` would: its own backends, its own
+    tracker runs and its own state file (FOLDER/.tf-ship-state.json), so that running the same
+    command again continues each log where it stopped. The runs of a log are named after its
+    path below ROOT with / replaced by - (with --run-name NAME: NAME-<folder>);
+    {places}.
+
+    At most --max-logs logs ship at once; the others wait their turn, in the order found, until
+    a log ends. With --follow (the default), ROOT is searched again every --scan-interval
+    seconds, each log ships until --timeout seconds without new lines (then it is shipped again
+    from where it stopped when it grows), and watch runs until SIGINT or SIGTERM. With
+    --no-follow, every log found is shipped once and watch exits. --wait is how long to wait for
+    ROOT to appear. One summary line per log and a total go to standard error; the exit code is
+    1 when a backend of any log failed.
+    """
+
+
 watch_command: click.Command = click.command(
     "watch",
+    help=_watch_help(),
     context_settings=CONTEXT,
     epilog="Exit codes: 0 shipped, 1 a backend of some log failed, 2 usage error.",
 )(apply([*_WATCH_OPTIONS, *shipping_options()], _watch))
