@@ -414,7 +414,7 @@ class Watcher:
     def request_for(self, log: WatchedLog) -> ShipRequest:
         """The request for one log: its own output for each option with a per-log rule.
 
-        For example --tensorboard-dir DIR becomes DIR/<name> (`BackendOption.per_log`).
+        An option naming a folder DIR becomes DIR/<name><suffix> (`BackendOption.per_log`).
         """
         options = {name: dict(values) for name, values in self.request.backend_options.items()}
         for spec, option, rule in _per_log_rules():
