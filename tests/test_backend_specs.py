@@ -23,10 +23,12 @@ from tf_ship.cli_options import (
     backend_option_decorators,
     config_defaults,
 )
-from tf_ship.commands import watch
+from tf_ship.commands.watch import _watch_help
 from tf_ship.shipper.options import ENGINE_OPTIONS
 from tf_ship.shipper.ship import ShipOptions
 from tf_ship.shipper.worker import RetryPolicy, WorkerSettings
+from tf_ship.watching import rules
+from tf_ship.watching.watcher import WatchedLog, Watcher
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,19 +126,19 @@ def _request(options: dict[str, dict[str, Any]]) -> ShipRequest:
 
 def test_watch_rules_come_from_the_specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A spec's one-run option is refused by watch; its per-log option gets one place per log."""
-    monkeypatch.setattr(watch, "builtin_specs", lambda: (FAKE,))
+    monkeypatch.setattr(rules, "builtin_specs", lambda: (FAKE,))
     with pytest.raises(click.UsageError, match="--fake-run would send every log to one run"):
-        watch.check_request(_request({"fake": {"run_id": "r1"}}))
-    watch.check_request(_request({"fake": {"out": "o"}}))
+        rules.check_request(_request({"fake": {"run_id": "r1"}}))
+    rules.check_request(_request({"fake": {"out": "o"}}))
 
-    watcher = watch.Watcher(tmp_path, _request({"fake": {"out": "o", "colour": "red"}}))
-    log = watch.WatchedLog(tmp_path / "a" / "b", "a-b")
+    watcher = Watcher(tmp_path, _request({"fake": {"out": "o", "colour": "red"}}))
+    log = WatchedLog(tmp_path / "a" / "b", "a-b")
     assert watcher.request_for(log).backend_options == {
         "fake": {"out": str(Path("o") / "a-b.txt"), "colour": "red"}
     }
-    unset = watch.Watcher(tmp_path, _request({"fake": {}}))
+    unset = Watcher(tmp_path, _request({"fake": {}}))
     assert unset.request_for(log).backend_options == {"fake": {}}
-    assert "--fake-out DIR writes to DIR/<folder>.txt." in watch._watch_help()
+    assert "--fake-out DIR writes to DIR/<folder>.txt." in _watch_help()
 
 
 def test_a_required_per_log_option_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,10 +146,10 @@ def test_a_required_per_log_option_is_asked_for(monkeypatch: pytest.MonkeyPatch)
     required = BackendOption(
         "--fake-out", "out", "Output.", per_log=PerLogOutput(required=True, unset=("-",))
     )
-    monkeypatch.setattr(watch, "builtin_specs", lambda: (attrs.evolve(FAKE, options=(required,)),))
+    monkeypatch.setattr(rules, "builtin_specs", lambda: (attrs.evolve(FAKE, options=(required,)),))
     for options in ({}, {"out": "-"}):
         with pytest.raises(click.UsageError, match=r"needs --fake-out DIR .*one folder per log"):
-            watch.check_request(_request({"fake": options}))
+            rules.check_request(_request({"fake": options}))
 
 
 def test_every_extra_of_a_spec_is_packaged_and_in_all() -> None:

@@ -1,15 +1,13 @@
-"""``tf-ship watch ROOT``: ship every TorchFort log under a directory, as new ones appear.
+"""The watcher: ships every log found under a root, each with a `Shipper` of its own.
 
-A sweep or a cluster of jobs writes many log directories under one root. `watch` looks for every
-directory holding a ``torchfort.log`` (once with ``--no-follow``, every ``--scan-interval``
-seconds otherwise) and ships each with a `Shipper` of its own: fresh backend instances, tracker
-runs named after the folder, a state file in the log directory. At most ``--max-logs`` logs ship
-at once, each in a thread of its own (plus one worker thread per backend); the others wait their
-turn in the order they were found, and get a slot when a log ends (end of log with
-``--no-follow``, ``--timeout`` of inactivity with ``--follow``).
-
-Only the main thread handles SIGINT/SIGTERM: the first one stops every shipper cleanly, a second
-one exits at once.
+A sweep or a cluster of jobs writes many log directories under one root. The watcher looks for
+every directory holding a ``torchfort.log`` (once without follow, every ``scan_interval`` seconds
+with it) and ships each with fresh backend instances, tracker runs named after the folder and a
+state file in the log directory. At most ``max_logs`` logs ship at once, each in a thread of its
+own (plus one worker thread per backend); the others wait their turn in the order they were
+found, and get a slot when a log ends (end of log without follow, the ``timeout`` of inactivity
+with follow). Logs are found by `tf_ship.watching.finding`; what watch refuses, and how it gives
+each log its own outputs, is in `tf_ship.watching.rules`.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -27,17 +24,7 @@ from typing import Any
 import attrs
 import click
 
-from tf_ship.backends.spec import BackendOption, BackendSpec, PerLogOutput
-from tf_ship.backends.specs import builtin_specs
-from tf_ship.cli import CONTEXT
-from tf_ship.cli_options import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    ShipRequest,
-    apply,
-    ship_request,
-    shipping_options,
-)
+from tf_ship.cli_options import ShipRequest
 from tf_ship.shipper.lock import LockError, LockHeldError
 from tf_ship.shipper.ship import (
     LOG_NAME,
@@ -46,127 +33,14 @@ from tf_ship.shipper.ship import (
     ShipReport,
     install_stop_handlers,
 )
-from tf_ship.shipper.stopping import StopSignals, exit_process
+from tf_ship.watching.finding import find_log_dirs, folder_name, has_unshipped_lines, signature
+from tf_ship.watching.rules import per_log_rules
 
 logger = logging.getLogger("tf_ship")
 
 DEFAULT_MAX_LOGS = 8
 DEFAULT_SCAN_INTERVAL = 5.0
 THREAD_PREFIX = "tf-ship-watch:"
-_READ_BLOCK = 1 << 16
-
-
-# -- finding logs -------------------------------------------------------------------------------
-
-
-def find_log_dirs(root: Path, depth: int | None = None) -> list[Path]:
-    """Directories under `root` (itself included) that hold a ``torchfort.log``, sorted.
-
-    Hidden folders (names starting with ``.``) are skipped. Symbolic links to directories are
-    followed, but each directory is visited once, under the first path that reaches it, so a
-    link loop ends. `depth` limits how many levels below `root` are searched (0: `root` only;
-    None: no limit). Folders that cannot be read are skipped.
-    """
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, int]] = [(root, 0)]
-    while stack:
-        directory, level = stack.pop()
-        try:
-            info = directory.stat()
-        except OSError:
-            continue
-        if (info.st_dev, info.st_ino) in seen:
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        if _is_file(directory / LOG_NAME):
-            found.append(directory)
-        if depth is not None and level >= depth:
-            continue
-        try:
-            with os.scandir(directory) as entries:
-                names = sorted(e.name for e in entries if not e.name.startswith(".") and _is_dir(e))
-        except OSError:
-            continue
-        stack.extend((directory / name, level + 1) for name in reversed(names))
-    return found
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:
-        return False
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def folder_name(root: Path, directory: Path) -> str:
-    """A log directory's name: its path below `root` with ``/`` replaced by ``-``.
-
-    `root` itself is named after its own last component.
-    """
-    parts = directory.relative_to(root).parts
-    if parts:
-        return "-".join(parts)
-    return root.resolve().name or "root"
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size)
-
-
-def has_unshipped_lines(shipper: Shipper) -> bool:
-    """Whether the log holds a complete line that some backend's saved cursor is before.
-
-    Read from the shipper's state file after it ended: lines appended while it was closing its
-    runs are noticed here, not lost.
-    """
-    if shipper.state is None:
-        return False
-    try:
-        info = shipper.log_file.stat()
-    except OSError:
-        return False
-    try:
-        saved = shipper.state.load()
-    except OSError:
-        return False
-    for name, _backend in shipper.backends:
-        cursor = saved[name].cursor if name in saved else None
-        if cursor is None or cursor.file is None:
-            offset = 0
-        elif (cursor.file.device, cursor.file.inode) != (info.st_dev, info.st_ino):
-            return True  # the log was replaced
-        else:
-            offset = cursor.offset
-        if offset < info.st_size and _newline_after(shipper.log_file, offset):
-            return True
-    return False
-
-
-def _newline_after(path: Path, offset: int) -> bool:
-    try:
-        with path.open("rb") as stream:
-            stream.seek(offset)
-            while block := stream.read(_READ_BLOCK):
-                if b"\n" in block:
-                    return True
-    except OSError:
-        return False
-    return False
-
-
-# -- one watched log ----------------------------------------------------------------------------
 
 
 class Phase(enum.Enum):
@@ -238,10 +112,11 @@ class WatchedLog:
         return text
 
 
-class _NameLogs(logging.Filter):
+class NameLogs(logging.Filter):
     """Prefix the messages of a log's shipper thread with the log's name."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Prefix the record's message; never drops a record."""
         name = threading.current_thread().name
         if name.startswith(THREAD_PREFIX) and isinstance(record.msg, str):
             prefix = name.removeprefix(THREAD_PREFIX)
@@ -369,7 +244,7 @@ class Watcher:
             if log is None:
                 self._found(directory, key)
             elif log.phase in (Phase.GONE, Phase.HELD) or (
-                log.phase is Phase.IDLE and _signature(log.log_file) != log.idle_signature
+                log.phase is Phase.IDLE and signature(log.log_file) != log.idle_signature
             ):
                 self._enqueue(log)
 
@@ -417,7 +292,7 @@ class Watcher:
         An option naming a folder DIR becomes DIR/<name><suffix> (`BackendOption.per_log`).
         """
         options = {name: dict(values) for name, values in self.request.backend_options.items()}
-        for spec, option, rule in _per_log_rules():
+        for spec, option, rule in per_log_rules():
             values = options.get(spec.name)
             if values is not None and rule.given(values.get(option.keyword)):
                 values[option.keyword] = rule.for_log(values[option.keyword], log.name)
@@ -497,7 +372,7 @@ class Watcher:
             and shipper.state is not None
         ):  # stopped by --timeout: shipped again (from its saved cursors) when it grows
             log.phase = Phase.IDLE
-            log.idle_signature = _signature(log.log_file)
+            log.idle_signature = signature(log.log_file)
             if has_unshipped_lines(shipper):
                 self._enqueue(log)
         else:
@@ -527,129 +402,3 @@ class Watcher:
             lines.append(total)
         lines.extend(f"tf-ship watch: error: {problem}" for problem in self.problems)
         return "\n".join(lines)
-
-
-# -- the command --------------------------------------------------------------------------------
-
-
-def check_request(request: ShipRequest) -> None:
-    """Refuse options that would make several logs share one output, run or state file."""
-    if request.params["state_file"]:
-        msg = (
-            "--state-file names one file, but watch keeps a state file in each log directory "
-            "(leave it out, or give --no-state)"
-        )
-        raise click.UsageError(msg)
-    options = request.backend_options
-    for spec in builtin_specs():
-        for option in spec.options:
-            if option.names_one_run and options.get(spec.name, {}).get(option.keyword):
-                msg = (
-                    f"{option.flag} would send every log to one run: watch starts a run per log "
-                    "directory"
-                )
-                raise click.UsageError(msg)
-    for spec, option, rule in _per_log_rules():
-        values = options.get(spec.name)
-        if rule.required and values is not None and not rule.given(values.get(option.keyword)):
-            what = "file" if rule.suffix else "folder"
-            msg = (
-                f"--backend {spec.name} needs {option.flag} DIR with watch (one {what} per log: "
-                f"DIR/NAME{rule.suffix})"
-            )
-            raise click.UsageError(msg)
-
-
-def _per_log_rules() -> list[tuple[BackendSpec, BackendOption, PerLogOutput]]:
-    """Every backend option that watch rewrites for each log, with its rule."""
-    return [
-        (spec, option, option.per_log)
-        for spec in builtin_specs()
-        for option in spec.options
-        if option.per_log is not None
-    ]
-
-
-def _watch(  # its help: `_watch_help`
-    root: Path,
-    max_logs: int,
-    scan_interval: float,
-    depth: int | None,
-    **params: Any,  # noqa: ANN401
-) -> None:
-    signals = StopSignals("stopping every log").install()  # also while SDKs are imported
-    request = ship_request(params)
-    check_request(request)
-    request.build_backends()  # an unknown backend is a usage error before anything ships
-    logging.getLogger("tf_ship").addFilter(_NameLogs())
-    watcher = Watcher(root, request, max_logs=max_logs, scan_interval=scan_interval, depth=depth)
-    signals.connect(watcher.stop)
-    watcher.run()
-    if not request.quiet or not watcher.ok:
-        click.echo(watcher.summary(), err=True)
-    exit_process(EXIT_OK if watcher.ok else EXIT_FAILURE)
-
-
-_WATCH_OPTIONS = [
-    click.argument("root", type=click.Path(file_okay=False, path_type=Path)),
-    click.option(
-        "--max-logs",
-        type=click.IntRange(min=1),
-        default=DEFAULT_MAX_LOGS,
-        metavar="N",
-        show_default=True,
-        envvar="TF_SHIP_MAX_LOGS",
-        help="How many logs ship at once (each uses one thread, plus one per backend); the "
-        "others wait their turn until a log ends.",
-    ),
-    click.option(
-        "--scan-interval",
-        type=click.FloatRange(min=0.05),
-        default=DEFAULT_SCAN_INTERVAL,
-        metavar="SECONDS",
-        show_default=True,
-        envvar="TF_SHIP_SCAN_INTERVAL",
-        help="How often to search ROOT for new log directories (with --follow).",
-    ),
-    click.option(
-        "--depth",
-        type=click.IntRange(min=0),
-        default=None,
-        metavar="N",
-        envvar="TF_SHIP_DEPTH",
-        help="Search at most N folder levels below ROOT (0: ROOT only) [default: no limit].",
-    ),
-]
-
-
-def _watch_help() -> str:
-    """The command's help; which options write to one place per log comes from the specs."""
-    places = ", ".join(
-        f"{option.flag} DIR {'writes to' if not index else 'to'} {rule.target}"
-        for index, (_, option, rule) in enumerate(_per_log_rules())
-    )
-    return f"""Ship every TorchFort log under ROOT, each to runs of its own, as new ones appear.
-
-    Finds every folder under ROOT (ROOT included, hidden folders skipped) that holds a
-    torchfort.log and ships it as `tf-ship --logdir FOLDER` would: its own backends, its own
-    tracker runs and its own state file (FOLDER/.tf-ship-state.json), so that running the same
-    command again continues each log where it stopped. The runs of a log are named after its
-    path below ROOT with / replaced by - (with --run-name NAME: NAME-<folder>);
-    {places}.
-
-    At most --max-logs logs ship at once; the others wait their turn, in the order found, until
-    a log ends. With --follow (the default), ROOT is searched again every --scan-interval
-    seconds, each log ships until --timeout seconds without new lines (then it is shipped again
-    from where it stopped when it grows), and watch runs until SIGINT or SIGTERM. With
-    --no-follow, every log found is shipped once and watch exits. --wait is how long to wait for
-    ROOT to appear. One summary line per log and a total go to standard error; the exit code is
-    1 when a backend of any log failed.
-    """
-
-
-watch_command: click.Command = click.command(
-    "watch",
-    help=_watch_help(),
-    context_settings=CONTEXT,
-    epilog="Exit codes: 0 shipped, 1 a backend of some log failed, 2 usage error.",
-)(apply([*_WATCH_OPTIONS, *shipping_options()], _watch))
