@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -181,3 +183,47 @@ def test_engine_defaults_are_those_of_the_declaration() -> None:
             if option.name in defaults:
                 assert defaults[option.name] == option.default, option.name
     assert RetryPolicy().give_up_after == params["retry_timeout"].get_default(context, call=False)
+
+
+KEPT_TEXTS = {
+    "choose at least one --backend (for example: --backend jsonl)",  # a usage error's example
+    "what the backend prefers (wandb 10000)",  # the --batch-size help names its largest default
+    "null",  # redaction: JSON's null, not the backend
+}
+"""Texts outside the backends and their specs that still name one, on purpose."""
+
+
+def _named_backends(path: Path, names: list[str]) -> list[str]:
+    """Code (not docstrings or comments) in `path` that names a built-in backend."""
+    word = re.compile(r"(?<!\w)(" + "|".join(names) + r")(?!\w)")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    prose = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and word.search((node.module or "").split(".")[-1]):
+            found.append(f"{path.name}:{node.lineno}: imports {node.module}")
+        if not isinstance(node, ast.Constant) or not isinstance(node.value, str):
+            continue
+        if id(node) in prose or any(kept in node.value for kept in KEPT_TEXTS):
+            continue
+        if word.search(node.value):
+            found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_no_backend_name_is_written_outside_its_module_and_spec() -> None:
+    """Flags, names and rules of a backend live in its module and its spec, nowhere else."""
+    names = [spec.name for spec in builtin_specs()]
+    own = re.compile(r"backends/(specs/.*|(" + "|".join(names) + r")[a-z_]*\.py)$")
+    found = [
+        hit
+        for path in sorted((ROOT / "tf_ship").rglob("*.py"))
+        if not own.search(path.as_posix())
+        and path.name != "inspection.py"  # reads MLflow's key policy until it is split
+        for hit in _named_backends(path, names)
+    ]
+    assert found == []
