@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import TF_SHIP, clean_env, in_terminal, wait_for
 
-from tf_ship.commands.watch import find_log_dirs, folder_name
+from tf_ship.watching.finding import find_log_dirs, folder_name
 
 
 def write_log(logdir: Path, seed: int, steps: range) -> list[tuple[str, str, int, float]]:

@@ -20,9 +20,11 @@ import attrs
 import click
 
 from tf_ship import exit_codes
-from tf_ship.backends.options import BACKEND_OPTIONS, BackendOption
+from tf_ship.backends.spec import ENV_PREFIX, BackendSpec
+from tf_ship.backends.specs import builtin_specs
 from tf_ship.errors import TfShipError
 from tf_ship.redaction import RedactingFormatter, protect_standard_streams, remember_secrets_in
+from tf_ship.shipper.options import ENGINE_OPTIONS, RETRY_TIMEOUT, EngineOption
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +36,6 @@ EXIT_FAILURE = exit_codes.EXIT_FAILURE
 EXIT_USAGE = exit_codes.EXIT_USAGE
 """The exit codes every command uses; what each means: `tf_ship.exit_codes.EXIT_CODES`."""
 DEFAULT_CONFIG = "tf-ship.toml"
-ENV_PREFIX = "TF_SHIP_"
 
 Decorator = Callable[[Any], Any]
 
@@ -49,11 +50,6 @@ class StartupError(click.ClickException, TfShipError):
         click.echo(f"tf-ship: error: {self.format_message()}", err=True, file=file)
 
 
-def param_name(backend: str, option: BackendOption) -> str:
-    """The click parameter name of a backend's option."""
-    return f"opt__{backend}__{option.keyword}"
-
-
 def _env(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
@@ -61,29 +57,32 @@ def _env(name: str) -> str:
 # -- the config file ----------------------------------------------------------------------------
 
 
-def _backend_keys() -> dict[str, dict[str, str]]:
-    """For each built-in backend: TOML key (keyword or flag suffix) -> click parameter name."""
-    keys: dict[str, dict[str, str]] = {}
-    for backend, options in BACKEND_OPTIONS.items():
-        table = keys.setdefault(backend, {})
-        for option in options:
-            name = param_name(backend, option)
-            table[option.keyword] = name
-            table[option.flag.removeprefix(f"--{backend}-")] = name
-            table[option.flag.removeprefix(f"--{backend}-").replace("-", "_")] = name
-    return keys
+def _backend_keys(specs: Sequence[BackendSpec]) -> dict[str, dict[str, str]]:
+    """For each backend: TOML key (keyword or flag suffix) -> click parameter name."""
+    return {
+        spec.name: {
+            key: spec.param_name(option)
+            for option in spec.options
+            for key in spec.toml_keys(option)
+        }
+        for spec in specs
+    }
 
 
 def config_defaults(
-    data: Mapping[str, Any], params: Sequence[str], elsewhere: Sequence[str] = ()
+    data: Mapping[str, Any],
+    params: Sequence[str],
+    elsewhere: Sequence[str] = (),
+    specs: Sequence[BackendSpec] | None = None,
 ) -> dict[str, Any]:
     """Turn a parsed tf-ship.toml into click defaults for a command with `params`.
 
     A setting that only another command takes (`elsewhere`) is left for that command, so that
-    one file can serve `ship`, `run` and `watch`.
+    one file can serve `ship`, `run` and `watch`. A table named after a backend of `specs` (the
+    built-ins by default) sets its flags; other tables go to ``--backend-opt``.
     """
     aliases = {"backend": "backends", "backend_opt": "backend_opts"}
-    backend_keys = _backend_keys()
+    backend_keys = _backend_keys(builtin_specs() if specs is None else specs)
     defaults: dict[str, Any] = {}
     extra: list[str] = []
     for key, value in data.items():
@@ -138,21 +137,49 @@ def _load_config(context: click.Context, _param: click.Parameter, value: str | N
 # -- options ------------------------------------------------------------------------------------
 
 
-def backend_option_decorators() -> list[Decorator]:
-    """One click option per built-in backend option (`--wandb-project`, ...)."""
+def backend_option_decorators(specs: Sequence[BackendSpec] | None = None) -> list[Decorator]:
+    """One click option per option of each spec (the built-ins by default: `--wandb-project`...)."""
     return [
         click.option(
             option.flag,
             *option.aliases,
-            param_name(backend, option),
+            spec.param_name(option),
             multiple=option.multiple,
             metavar=option.metavar,
-            envvar=_env(f"{backend}_{option.keyword}"),
+            envvar=spec.environment_variable(option),
             help=option.help,
         )
-        for backend, options in BACKEND_OPTIONS.items()
-        for option in options
+        for spec in (builtin_specs() if specs is None else specs)
+        for option in spec.options
     ]
+
+
+def engine_option_decorator(option: EngineOption[Any]) -> Decorator:
+    """The click option of an engine option (`tf_ship.shipper.options`)."""
+    value: dict[str, Any] = {}
+    if option.kind is int:
+        value = {"type": click.IntRange(min=int(option.minimum)), "metavar": option.metavar}
+    elif option.kind is float:
+        value = {"type": click.FloatRange(min=option.minimum), "metavar": option.metavar}
+    if option.default is not None:
+        value.update(default=option.default, show_default=True)
+    return click.option(
+        option.flag,
+        *option.aliases,
+        option.name,
+        envvar=_env(option.name),
+        help=option.help,
+        **value,
+    )
+
+
+def backend_help(specs: Sequence[BackendSpec] | None = None) -> str:
+    """The help of ``--backend``, naming every built-in backend."""
+    names = ", ".join(spec.name for spec in (builtin_specs() if specs is None else specs))
+    return (
+        f"Where to ship: {names}, an installed plugin, or package.module:Class. Repeat to ship "
+        "to several at once."
+    )
 
 
 def shipping_options() -> list[Decorator]:
@@ -175,8 +202,7 @@ def shipping_options() -> list[Decorator]:
             multiple=True,
             metavar="NAME",
             envvar=_env("backend"),
-            help="Where to ship: jsonl, null, wandb, mlflow, tensorboard, an installed plugin, or "
-            "package.module:Class. Repeat to ship to several at once.",
+            help=backend_help(),
         ),
         click.option(
             "--backend-opt",
@@ -186,87 +212,7 @@ def shipping_options() -> list[Decorator]:
             envvar=_env("backend_opt"),
             help="An option for a backend, passed to it as keyword KEY. Repeatable.",
         ),
-        click.option(
-            "--follow/--no-follow",
-            default=True,
-            show_default=True,
-            envvar=_env("follow"),
-            help="Keep following the log as it grows, or ship what is there and exit.",
-        ),
-        click.option(
-            "--wait",
-            type=click.FloatRange(min=0),
-            metavar="SECONDS",
-            envvar=_env("wait"),
-            help="How long to wait for the log to appear [default: forever with --follow, "
-            "not at all with --no-follow].",
-        ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0),
-            default=0.0,
-            metavar="SECONDS",
-            show_default=True,
-            envvar=_env("timeout"),
-            help="Stop after this many seconds without new lines (0: never).",
-        ),
-        click.option(
-            "--poll-interval",
-            "--polling_interval",
-            "poll_interval",
-            type=click.FloatRange(min=0.01),
-            default=0.5,
-            metavar="SECONDS",
-            show_default=True,
-            envvar=_env("poll_interval"),
-            help="Longest pause between two looks at the log (polling backs off up to it when "
-            "idle).",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            metavar="N",
-            envvar=_env("batch_size"),
-            help="Most events handed to a backend at once, and flushed together [default: "
-            "what the backend prefers (wandb 10000), else 1000].",
-        ),
-        click.option(
-            "--max-line-bytes",
-            type=click.IntRange(min=256),
-            default=1 << 20,
-            metavar="BYTES",
-            show_default=True,
-            envvar=_env("max_line_bytes"),
-            help="Longer lines are skipped and reported.",
-        ),
-        click.option(
-            "--shutdown-timeout",
-            type=click.FloatRange(min=0),
-            default=30.0,
-            metavar="SECONDS",
-            show_default=True,
-            envvar=_env("shutdown_timeout"),
-            help="How long a stop waits in total for backends to flush and close.",
-        ),
-        click.option(
-            "--call-timeout",
-            type=click.FloatRange(min=0),
-            default=120.0,
-            metavar="SECONDS",
-            show_default=True,
-            envvar=_env("call_timeout"),
-            help="A backend call (open, config, batch and flush, close) that takes longer counts "
-            "as failed and is retried; the backend is never called twice at once (0: no limit).",
-        ),
-        click.option(
-            "--retry-timeout",
-            type=click.FloatRange(min=0),
-            default=600.0,
-            metavar="SECONDS",
-            show_default=True,
-            envvar=_env("retry_timeout"),
-            help="How long a failing backend is retried (with backoff) before it counts as failed.",
-        ),
+        *(engine_option_decorator(option) for option in ENGINE_OPTIONS),
         click.option(
             "--run-name",
             "--run_tag",
@@ -394,16 +340,11 @@ class ShipRequest:
 
         p = self.params
         state_path = None if "state_file" in overrides else self.state_file(log_file)
+        engine = {option.name: p[option.name] for option in ENGINE_OPTIONS}
+        retry = RetryPolicy(give_up_after=engine.pop(RETRY_TIMEOUT.name))
         values: dict[str, Any] = {
-            "follow": p["follow"],
-            "wait": p["wait"],
-            "timeout": p["timeout"],
-            "poll_interval": p["poll_interval"],
-            "batch_size": p["batch_size"],
-            "max_line_bytes": p["max_line_bytes"],
-            "shutdown_timeout": p["shutdown_timeout"],
-            "call_timeout": p["call_timeout"],
-            "retry": RetryPolicy(give_up_after=p["retry_timeout"]),
+            **engine,
+            "retry": retry,
             "run_name": p["run_name"],
             "state_file": state_path,
             "fresh": p["fresh"],
@@ -454,9 +395,8 @@ class ShipRequest:
 
 
 _SHIPPING_PARAMS = (
-    "follow", "wait", "timeout", "poll_interval", "batch_size", "max_line_bytes",
-    "shutdown_timeout", "call_timeout", "retry_timeout", "run_name", "state", "state_file", "fresh",
-    "on_restart",
+    *(option.name for option in ENGINE_OPTIONS),
+    "run_name", "state", "state_file", "fresh", "on_restart",
     "include", "exclude", "rename", "prefix",
 )  # fmt: skip
 
@@ -494,15 +434,15 @@ def _route_backend_options(
 ) -> dict[str, dict[str, Any]]:
     """Route `--<backend>-...` flags and `--backend-opt NAME.KEY=VALUE` to each backend."""
     routed: dict[str, dict[str, Any]] = {name: {} for name in backends}
-    for backend, options in BACKEND_OPTIONS.items():
-        for option in options:
-            value = params.pop(param_name(backend, option))
+    for spec in builtin_specs():
+        for option in spec.options:
+            value = params.pop(spec.param_name(option))
             if value in (None, ()):
                 continue
-            if backend not in routed:
-                msg = f"{option.flag} belongs to the {backend} backend: add --backend {backend}"
+            if spec.name not in routed:
+                msg = f"{option.flag} belongs to the {spec.name} backend: add --backend {spec.name}"
                 raise click.UsageError(msg)
-            routed[backend][option.keyword] = list(value) if option.multiple else value
+            routed[spec.name][option.keyword] = list(value) if option.multiple else value
     for item in extra:
         name_key, sep, value = item.partition("=")
         name, dot, key = name_key.rpartition(".")

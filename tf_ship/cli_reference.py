@@ -75,13 +75,13 @@ def inspect_doc(command: click.Command) -> str:
     return inspect.cleandoc(command.help or "").replace("\b\n", "")
 
 
-if __name__ == "__main__":
-    click.echo(render(), nl=False)
-
-
 def _metavar(param: click.Parameter, context: click.Context) -> str:
     """The option's metavar; click 8.2 takes the context, click 8.1 takes nothing."""
     try:
         return param.make_metavar(context)
     except TypeError:
         return param.make_metavar()  # type: ignore[call-arg]
+
+
+if __name__ == "__main__":
+    click.echo(render(), nl=False)

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tf_ship.backends.specs import builtin_specs
+
 EXAMPLE_OUTPUT = Path("tf-ship-example")
 """The example's folder, in the current directory."""
 
@@ -26,24 +28,12 @@ def example_backend_options(
 ) -> dict[str, dict[str, Any]]:
     """The backends' options with every output the user left to its default placed in `folder`.
 
-    MLflow gets a SQLite store and an artifact folder there (unless a tracking URI was given or
-    ``MLFLOW_TRACKING_URI`` is set), TensorBoard a run folder per invocation under
-    ``tensorboard/``, wandb its directory (unless ``WANDB_DIR`` is set).
+    Each backend's spec says how (`BackendSpec.place_example`); for instance MLflow gets a
+    SQLite store there unless a tracking URI was given or its own variable sets one.
     """
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H-%M-%SZ")
     placed = {name: dict(options.get(name, {})) for name in backends}
-    mlflow = placed.get("mlflow")
-    if (
-        mlflow is not None
-        and not mlflow.get("tracking_uri")
-        and not environ.get("MLFLOW_TRACKING_URI")
-    ):
-        mlflow["tracking_uri"] = f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
-        mlflow.setdefault("artifact_location", (folder / "mlartifacts").absolute().as_uri())
-    tensorboard = placed.get("tensorboard")
-    if tensorboard is not None and not tensorboard.get("directory"):
-        tensorboard["directory"] = str(folder / "tensorboard" / stamp)
-    wandb = placed.get("wandb")
-    if wandb is not None and not wandb.get("directory") and not environ.get("WANDB_DIR"):
-        wandb["directory"] = str(folder)
+    for spec in builtin_specs():
+        if spec.place_example is not None and spec.name in placed:
+            spec.place_example(placed[spec.name], folder, stamp, environ)
     return placed

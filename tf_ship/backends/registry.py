@@ -1,7 +1,8 @@
 """Find a backend class by name: built-in, installed plugin, or ``package.module:Class``.
 
-Built-ins are named by import path and imported only when chosen, so that `tf-ship --help`
-never pays for a tracker SDK. Plugins register under the entry-point group `tf_ship.backends`.
+Built-ins are declared by their specs (`tf_ship.backends.specs`), which name the factory by
+import path: it is imported only when chosen, so that `tf-ship --help` never pays for a tracker
+SDK. Plugins register under the entry-point group `tf_ship.backends`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,13 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from tf_ship.backends.specs import builtin_specs
 from tf_ship.contract import Backend
 from tf_ship.errors import TfShipError
 
 ENTRY_POINT_GROUP = "tf_ship.backends"
-BUILTIN_BACKENDS: Mapping[str, str] = {
-    "jsonl": "tf_ship.backends.jsonl:JsonlBackend",
-    "null": "tf_ship.backends.null:NullBackend",
-    "wandb": "tf_ship.backends.wandb:WandbBackend",
-    "mlflow": "tf_ship.backends.mlflow:MlflowBackend",
-    "tensorboard": "tf_ship.backends.tensorboard:TensorBoardBackend",
-    "trackio": "tf_ship.backends.trackio:TrackioBackend",
-    "swanlab": "tf_ship.backends.swanlab:SwanLabBackend",
-}
+BUILTIN_BACKENDS: Mapping[str, str] = {spec.name: spec.factory for spec in builtin_specs()}
+"""Built-in backend name -> ``module:attr`` of its factory."""
 
 BackendFactory = Callable[..., Backend]
 

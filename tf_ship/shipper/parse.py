@@ -33,6 +33,7 @@ import attrs
 
 from tf_ship.contract import FileIdentity, MetricEvent
 from tf_ship.shipper.events import SkippedLine, SkipReason, metric_events
+from tf_ship.shipper.options import MAX_LINE_BYTES
 
 PREFIX = b"TORCHFORT::WANDB: "
 _NAME = rb"[^\n\x00]*?"  # may be empty: the step is the FIRST step field
@@ -130,7 +131,7 @@ class ParsedChunk:
 class LineParser:
     """Parses chunks of complete lines; keeps a cache of decoded names across chunks."""
 
-    max_line_bytes: int = 1 << 20
+    max_line_bytes: int = MAX_LINE_BYTES.default
     _names: dict[bytes, str] = attrs.field(factory=dict, init=False)
 
     def _name(self, raw: bytes) -> str:

@@ -177,9 +177,10 @@ def output_problems(
 
 
 def _flag(backend: str, keyword: str) -> str:
-    from tf_ship.backends.options import BACKEND_OPTIONS  # noqa: PLC0415
+    from tf_ship.backends.specs import builtin_specs  # noqa: PLC0415
 
-    for option in BACKEND_OPTIONS.get(backend, ()):
-        if option.keyword == keyword:
-            return option.flag
+    for spec in builtin_specs():
+        for option in spec.options:
+            if spec.name == backend and option.keyword == keyword:
+                return option.flag
     return f"--backend-opt {backend}.{keyword}=..."

@@ -19,11 +19,27 @@ from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import SkipReason
 from tf_ship.shipper.lock import StateLock
 from tf_ship.shipper.monitor import BackendStats, Monitor
+from tf_ship.shipper.options import (
+    BATCH_SIZE,
+    CALL_TIMEOUT,
+    FOLLOW,
+    MAX_LINE_BYTES,
+    POLL_INTERVAL,
+    SHUTDOWN_TIMEOUT,
+    TIMEOUT,
+    WAIT,
+)
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState, StateStore
-from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSettings
+from tf_ship.shipper.worker import (
+    MIN_POLL_INTERVAL,
+    BackendWorker,
+    Control,
+    RetryPolicy,
+    WorkerSettings,
+)
 
 logger = logging.getLogger("tf_ship")
 
@@ -39,21 +55,25 @@ class LogNotFoundError(FileNotFoundError, TfShipError):
 
 @attrs.frozen
 class ShipOptions:
-    """How to ship; the command line's options, in one value."""
+    """How to ship; the command line's options, in one value.
 
-    follow: bool = True
-    wait: float | None = None
+    The engine options' defaults are declared once, in `tf_ship.shipper.options`.
+    """
+
+    follow: bool = FOLLOW.default
+    wait: float | None = WAIT.default
     """Seconds to wait for the log to appear; None waits forever in follow mode, not at all
     otherwise."""
-    timeout: float = 0.0
+    timeout: float = TIMEOUT.default
     """Stop after this many seconds without new bytes in the log; 0 never does."""
-    poll_interval: float = 0.5
-    batch_size: int | None = None
-    """Most events per batch; None: the backend's `preferred_batch_size`, else 1000."""
-    max_line_bytes: int = 1 << 20
-    shutdown_timeout: float = 30.0
+    poll_interval: float = POLL_INTERVAL.default
+    batch_size: int | None = BATCH_SIZE.default
+    """Most events per batch; None: the backend's `preferred_batch_size`, else
+    `tf_ship.shipper.options.DEFAULT_BATCH_SIZE`."""
+    max_line_bytes: int = MAX_LINE_BYTES.default
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT.default
     """Seconds a stop waits in total for the backends to finish their batch, flush and close."""
-    call_timeout: float = 120.0
+    call_timeout: float = CALL_TIMEOUT.default
     """Seconds one backend call may take before it counts as a transient failure; 0: no limit."""
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     run_name: str | None = None
@@ -81,7 +101,7 @@ class ShipOptions:
         return WorkerSettings(
             follow=self.follow,
             batch_size=self.batch_size,
-            min_poll_interval=min(0.05, self.poll_interval),
+            min_poll_interval=min(MIN_POLL_INTERVAL, self.poll_interval),
             poll_interval=self.poll_interval,
             max_line_bytes=self.max_line_bytes,
             retry=self.retry,

@@ -22,9 +22,12 @@ import attrs
 
 from tf_ship.contract import FileIdentity
 from tf_ship.shipper.events import SkippedLine, SkipReason
+from tf_ship.shipper.options import MAX_LINE_BYTES
 from tf_ship.shipper.parse import INT64_MAX, INT64_MIN, METRIC_LINE
 
 READ_BLOCK = 1 << 20
+NUL_GRACE = 2.0
+"""Seconds a line holding NUL bytes is held back in follow mode (see `Tailer`)."""
 FINGERPRINT_BYTES = 64
 EXCERPT_BYTES = 120
 
@@ -113,8 +116,8 @@ class Tailer:
     path: Path
     cursor: Cursor = attrs.field(factory=Cursor)
     read_block: int = READ_BLOCK
-    max_line_bytes: int = 1 << 20
-    nul_grace: float = 2.0
+    max_line_bytes: int = MAX_LINE_BYTES.default
+    nul_grace: float = NUL_GRACE
     clock: Callable[[], float] = time.monotonic
     _fd: int | None = attrs.field(default=None, init=False)
     _identity: FileIdentity | None = attrs.field(default=None, init=False)

@@ -49,19 +49,28 @@ from tf_ship.errors import TfShipError
 from tf_ship.redaction import redact, redact_json
 from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.monitor import BackendStats, Monitor
+from tf_ship.shipper.options import (
+    BATCH_SIZE,
+    CALL_TIMEOUT,
+    DEFAULT_BATCH_SIZE,
+    FOLLOW,
+    MAX_LINE_BYTES,
+    POLL_INTERVAL,
+    RETRY_TIMEOUT,
+)
 from tf_ship.shipper.parse import LineParser
 from tf_ship.shipper.reasons import full_text, one_line, short_reason, unfixable
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
 from tf_ship.shipper.state import BackendState
-from tf_ship.shipper.tail import Chunk, Cursor, Tailer
+from tf_ship.shipper.tail import NUL_GRACE, Chunk, Cursor, Tailer
 
 logger = logging.getLogger("tf_ship")
 details = logging.getLogger("tf_ship.details")
 """The whole text of errors that the main log only names (shown with ``-v``)."""
 T = TypeVar("T")
-DEFAULT_BATCH_SIZE = 1000
-"""Events per batch unless the user or the backend (`preferred_batch_size`) says otherwise."""
+MIN_POLL_INTERVAL = 0.05
+"""Seconds of the first pause after new lines (polling backs off from it up to the interval)."""
 FORCED_SCAN_INTERVAL = 0.5
 """Seconds between two rescans for a model without a config (TorchFort writes none for some)."""
 
@@ -146,7 +155,7 @@ class RetryPolicy:
 
     initial: float = 0.5
     maximum: float = 30.0
-    give_up_after: float = 600.0
+    give_up_after: float = RETRY_TIMEOUT.default
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based), with full jitter."""
@@ -168,17 +177,17 @@ class Control:
 
 @attrs.frozen
 class WorkerSettings:
-    """The engine options a worker needs."""
+    """The engine options a worker needs (defaults: `tf_ship.shipper.options`)."""
 
-    follow: bool = True
-    batch_size: int | None = None
-    min_poll_interval: float = 0.05
-    poll_interval: float = 0.5
-    max_line_bytes: int = 1 << 20
-    nul_grace: float = 2.0
+    follow: bool = FOLLOW.default
+    batch_size: int | None = BATCH_SIZE.default
+    min_poll_interval: float = MIN_POLL_INTERVAL
+    poll_interval: float = POLL_INTERVAL.default
+    max_line_bytes: int = MAX_LINE_BYTES.default
+    nul_grace: float = NUL_GRACE
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     shaper: EventShaper | None = None
-    call_timeout: float = 120.0
+    call_timeout: float = CALL_TIMEOUT.default
     """Seconds a backend call may take before it counts as a transient failure; 0: no limit."""
     on_restart: OnRestart = OnRestart.CONTINUE
     """What to do when the application restarted (its steps went back)."""
@@ -637,7 +646,7 @@ class BackendWorker(threading.Thread):
             else:
                 msg = (
                     f"could not {what}: {reason}, for {now - first_failure:.0f} s "
-                    f"(--retry-timeout {policy.give_up_after:g})"
+                    f"({RETRY_TIMEOUT.flag} {policy.give_up_after:g})"
                 )
             raise BackendFailedError(msg) from error
         # the last attempt comes when the retry timeout is up, not a backoff step after it
@@ -646,12 +655,12 @@ class BackendWorker(threading.Thread):
         self.stats.retry_at = now + delay
         if attempt == 1:
             logger.warning(
-                "backend %s could not %s (%s): retrying for up to %s (--retry-timeout %g), "
-                "next in %.1f s",
+                "backend %s could not %s (%s): retrying for up to %s (%s %g), next in %.1f s",
                 name,
                 what,
                 reason,
                 _seconds(policy.give_up_after),
+                RETRY_TIMEOUT.flag,
                 policy.give_up_after,
                 delay,
             )
