@@ -74,7 +74,7 @@ def _text(value: object) -> str | None:
 
 
 class WandbBackend:
-    """Logs to one wandb run; the keywords are ``wandb.init``'s (see `tf_ship.backends.options`).
+    """Logs to one wandb run; the keywords are ``wandb.init``'s (see `backends.specs.wandb`).
 
     `mode` defaults to ``$WANDB_MODE``, else wandb's own default (online). `run_id` resumes
     that run; without it, the id saved by `resume_state` is used, else wandb makes one.
