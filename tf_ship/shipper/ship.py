@@ -19,6 +19,7 @@ from tf_ship.shipper.configs import ConfigCatalog
 from tf_ship.shipper.events import SkipReason
 from tf_ship.shipper.lock import StateLock
 from tf_ship.shipper.monitor import BackendStats, Monitor
+from tf_ship.shipper.places import LOG_NAME as LOG_NAME  # noqa: PLC0414 - re-exported
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
@@ -27,7 +28,6 @@ from tf_ship.shipper.worker import BackendWorker, Control, RetryPolicy, WorkerSe
 
 logger = logging.getLogger("tf_ship")
 
-LOG_NAME = "torchfort.log"
 install_stop_handlers = stopping.install_stop_handlers
 MIN_RATE_SECONDS = 1.0
 """Shipping shorter than this shows no lines/s: the figure would measure start-up, not speed."""
