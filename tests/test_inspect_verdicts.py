@@ -14,13 +14,15 @@ import tempfile
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tf_ship
 from tf_ship.backends.jsonl import JsonlBackend
-from tf_ship.inspection import LogReport, inspect_log
+from tf_ship.inspection import InspectError, LogReport, inspect_log, reader
 
 P = b"TORCHFORT::WANDB: model: "
 Event = tuple[str, str, int, float]
@@ -163,3 +165,25 @@ def test_random_hard_logs_get_the_same_verdicts(
         log = Path(folder) / "torchfort.log"
         log.write_bytes(b"".join(pieces) + tail)
         assert_same_verdicts(log, max_line_bytes)
+
+
+def test_a_log_truncated_while_it_is_read_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report mixing two files would be wrong: inspect says so and what to do."""
+    log = tmp_path / "torchfort.log"
+    log.write_bytes(
+        b"".join(metric_line(b"m", step, b"loss", b"0.5") + b"\n" for step in range(20))
+    )
+    real_parse = reader.LineParser.parse
+
+    def parse_then_truncate(self: Any, chunk: bytes, **kwargs: Any) -> Any:
+        log.write_bytes(b"")
+        return real_parse(self, chunk, **kwargs)
+
+    monkeypatch.setattr(reader.LineParser, "parse", parse_then_truncate)
+    with pytest.raises(InspectError) as caught:
+        inspect_log(log, chunk_bytes=64, max_line_bytes=100)
+    assert (
+        str(caught.value) == f"{log} was truncated or rewritten while it was read: inspect it again"
+    )
