@@ -522,3 +522,21 @@ class TailerMachine(RuleBasedStateMachine):
 
 TailerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 test_tailer_state_machine = TailerMachine.TestCase
+
+
+def test_finished_mode_reads_the_file_as_it_was_when_opened(log: Path) -> None:
+    """`inspect`'s mode: no bytes appended after the open, no replacement, NUL lines at once."""
+    append(log, line(1) + b"\x00\x00" + line(2))
+    tailer = Tailer(log, finished=True, nul_grace=3600.0)
+    first = tailer.read()
+    assert tailer.end == len(line(1) + b"\x00\x00" + line(2))
+    append(log, line(3))
+    replacement = log.with_name("next.log")
+    replacement.write_bytes(line(4))
+    replacement.replace(log)
+    rest = drain(tailer)
+    assert first.chunk is not None
+    assert first.chunk.data + rest.data == line(1) + b"\x00\x00" + line(2)
+    assert rest.notices == []
+    assert tailer.pending_partial() is None
+    tailer.close()

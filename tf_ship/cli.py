@@ -28,9 +28,9 @@ from tf_ship.cli_options import (
 )
 from tf_ship.exit_codes import exit_code_epilog
 from tf_ship.redaction import redact
+from tf_ship.shipper.places import LOG_NAME
 
 EXAMPLE_DIR = Path(__file__).parent / "example"
-LOG_NAME = "torchfort.log"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 COMMANDS: Mapping[str, str] = {

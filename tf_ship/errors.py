@@ -8,6 +8,8 @@ Each error keeps the standard base it always had (``except ValueError`` still ca
     │   ├── PermanentBackendError    the tracker refused something for good: not retried
     │   └── FatalBackendError        the backend cannot go on at all: stopped at once
     ├── BackendFailedError           tf_ship.shipper.worker: a backend failed past its retries
+    ├── CallTimeoutError             tf_ship.shipper.worker (a TimeoutError): a backend call
+    │                                took too long; retried like an outage
     ├── UnknownBackendError          tf_ship.backends.registry (a LookupError): no such backend
     ├── LogNotFoundError             tf_ship.shipper.ship (a FileNotFoundError): no log came
     ├── ConfigError                  tf_ship.shipper.configs (a ValueError): an unusable config

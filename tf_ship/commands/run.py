@@ -31,11 +31,11 @@ import click
 from tf_ship.cli_options import EXIT_FAILURE, StartupError, apply, ship_request, shipping_options
 from tf_ship.redaction import redact
 from tf_ship.shipper.lock import LockError, release_held_locks
+from tf_ship.shipper.places import LOG_NAME
 from tf_ship.shipper.stopping import exit_now, exit_process, exit_soon
 
 logger = logging.getLogger("tf_ship.run")
 
-LOG_NAME = "torchfort.log"
 RUNS_DIR = "tf-ship-runs"
 """Where `run` makes a fresh log directory when neither --logdir nor TORCHFORT_LOGDIR is set."""
 LOGDIR_VARIABLE = "TORCHFORT_LOGDIR"

@@ -29,6 +29,7 @@ from tf_ship.shipper.options import (
     TIMEOUT,
     WAIT,
 )
+from tf_ship.shipper.places import LOG_NAME
 from tf_ship.shipper.progress import BackendProgress, ProgressReporter, Snapshot
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
@@ -43,7 +44,6 @@ from tf_ship.shipper.worker import (
 
 logger = logging.getLogger("tf_ship")
 
-LOG_NAME = "torchfort.log"
 install_stop_handlers = stopping.install_stop_handlers
 MIN_RATE_SECONDS = 1.0
 """Shipping shorter than this shows no lines/s: the figure would measure start-up, not speed."""

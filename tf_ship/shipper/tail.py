@@ -111,6 +111,10 @@ class Tailer:
     `nul_grace` is how long a line holding NUL bytes is held back in follow mode: on a network
     filesystem such bytes are often pages that the writer's node has not flushed yet, and a
     second look finds the real text. `clock` is injectable for tests.
+
+    `finished` reads a finished file (``tf-ship inspect``): the file as it was when opened, up to
+    its size then (`end`), never a file that replaced it, NUL bytes never held back. Lines are
+    judged as when shipping, so that inspecting a log tells what shipping it does.
     """
 
     path: Path
@@ -119,6 +123,9 @@ class Tailer:
     max_line_bytes: int = MAX_LINE_BYTES.default
     nul_grace: float = NUL_GRACE
     clock: Callable[[], float] = time.monotonic
+    finished: bool = False
+    end: int | None = attrs.field(default=None, init=False)
+    """With `finished`: the file's size when it was opened, where reading ends."""
     _fd: int | None = attrs.field(default=None, init=False)
     _identity: FileIdentity | None = attrs.field(default=None, init=False)
     _discarding: bool = attrs.field(default=False, init=False)
@@ -139,7 +146,7 @@ class Tailer:
             result.exists = False
             return result
         assert self._fd is not None  # noqa: S101 - narrowed for the type checker
-        size = os.fstat(self._fd).st_size
+        size = self._size()
         offset = self.cursor.offset
         if size < offset:
             result.notices.append(
@@ -181,7 +188,7 @@ class Tailer:
             result.at_end = offset + len(data) >= size
             return result
         complete = data[: last_newline + 1]
-        if hold_nul:
+        if hold_nul and not self.finished:
             complete = self._hold_back_nul(complete)
         if complete:
             start, lines = self.cursor.offset, self.cursor.line_number
@@ -208,7 +215,10 @@ class Tailer:
                 return False
             raise
         self._fd = fd
-        self._identity = _identity(os.fstat(fd))
+        stat = os.fstat(fd)
+        self._identity = _identity(stat)
+        if self.finished:
+            self.end = stat.st_size
         saved = self.cursor
         if saved.file is not None and saved.offset > 0:
             if saved.file != self._identity:
@@ -221,6 +231,12 @@ class Tailer:
                 self._resumed = True
         self.cursor = attrs.evolve(self.cursor, file=self._identity)
         return True
+
+    def _size(self) -> int:
+        """The file's size; in finished mode, never beyond `end`."""
+        assert self._fd is not None  # noqa: S101 - narrowed for the type checker
+        size = os.fstat(self._fd).st_size
+        return size if self.end is None else min(size, self.end)
 
     def _still_same_bytes(self) -> bool:
         """Check the bytes before the cursor against its fingerprint (cheap: one small read)."""
@@ -308,6 +324,8 @@ class Tailer:
 
     def _switch_if_replaced(self, result: TailRead, *, pending: int) -> bool:
         """At the end of the old file, move to a new file at the same path, if there is one."""
+        if self.finished:
+            return False
         try:
             current = _identity(self.path.stat())
         except FileNotFoundError:
@@ -340,7 +358,7 @@ class Tailer:
         """The incomplete last line, if any, for the final report at shutdown."""
         if self._fd is None:
             return None
-        size = os.fstat(self._fd).st_size
+        size = self._size()
         if size <= self.cursor.offset or self._discarding:
             return None
         partial = os.pread(

@@ -83,7 +83,7 @@ SaveHook = Callable[[], None]
 """Makes the current snapshots durable; raises OSError when the state cannot be written."""
 
 
-class CallTimeoutError(TimeoutError):
+class CallTimeoutError(TimeoutError, TfShipError):
     """A backend call did not return within the call timeout: a transient failure."""
 
 

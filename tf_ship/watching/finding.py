@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tf_ship.shipper.ship import LOG_NAME, Shipper
+from tf_ship.shipper.places import LOG_NAME
+from tf_ship.shipper.ship import Shipper
 
 _READ_BLOCK = 1 << 16
 

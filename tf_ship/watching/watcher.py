@@ -26,8 +26,8 @@ import click
 
 from tf_ship.cli_options import ShipRequest
 from tf_ship.shipper.lock import LockError, LockHeldError
+from tf_ship.shipper.places import LOG_NAME
 from tf_ship.shipper.ship import (
-    LOG_NAME,
     LogNotFoundError,
     Shipper,
     ShipReport,
