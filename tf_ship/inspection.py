@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from tf_ship.backends.mlflow import KeyMap, sanitize_key
+from tf_ship.backends.mlflow.keys import KeyMap, sanitize_key
 from tf_ship.errors import TfShipError
 from tf_ship.shipper.configs import (
     CONFIG_GLOB,

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from tf_ship.backends.base import PermanentBackendError
-from tf_ship.backends.mlflow_errors import first_line
+from tf_ship.backends.mlflow.errors import first_line, is_refusal_status
 
 
 def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:  # noqa: ANN401
@@ -64,7 +64,7 @@ def is_final(error: BaseException) -> bool:
     if status is None:
         get_status = getattr(error, "get_http_status_code", None)
         status = get_status() if callable(get_status) else None
-    return isinstance(status, int) and 400 <= status < 500 and status not in {408, 429}
+    return isinstance(status, int) and is_refusal_status(status)
 
 
 class ConfigArtifacts:

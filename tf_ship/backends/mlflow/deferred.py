@@ -18,7 +18,7 @@ from collections.abc import Callable
 import attrs
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
-from tf_ship.backends.mlflow_errors import first_line
+from tf_ship.backends.mlflow.errors import first_line
 
 logger = logging.getLogger("tf_ship")
 FIRST_DELAY = 2.0

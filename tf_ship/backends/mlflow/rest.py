@@ -12,8 +12,9 @@ MLflow's `RestStore`; anything else, or an MLflow whose internals moved, gets th
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
+
+from tf_ship.backends.json_numbers import protobuf_json_number
 
 LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"
 
@@ -25,15 +26,6 @@ class MetricRow(NamedTuple):
     value: float
     timestamp: int
     step: int
-
-
-def json_number(value: float) -> float | str:
-    """A double as protobuf's JSON writes it: non-finite values as strings."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
 
 
 class RestLogBatch:
@@ -51,7 +43,12 @@ class RestLogBatch:
         payload = {
             "run_id": run_id,
             "metrics": [
-                {"key": key, "value": json_number(value), "timestamp": timestamp, "step": step}
+                {
+                    "key": key,
+                    "value": protobuf_json_number(value),
+                    "timestamp": timestamp,
+                    "step": step,
+                }
                 for key, value, timestamp, step in metrics
             ],
         }
