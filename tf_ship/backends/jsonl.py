@@ -110,7 +110,3 @@ class JsonlBackend:
     def view_hint(self) -> str | None:
         """Where the lines went, when that is a file."""
         return None if self.path is None else f"less {self.path}"
-
-    def describe(self) -> dict[str, Any]:
-        """Where the output went, for the final summary."""
-        return {"path": str(self.path) if self.path else "<stdout>"}

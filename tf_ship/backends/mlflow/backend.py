@@ -73,9 +73,8 @@ class MlflowBackend:
     `tracking_uri` defaults to ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
     working directory (whose new experiments keep their artifacts in ``./mlruns``, or at
     `artifact_location` when given). `experiment` (default ``torchfort``) is created when
-    missing. `run_id`
-    resumes that run; otherwise the run recorded in the state is resumed, or a new run is
-    created. See the module docstring for how MLflow's limits are met.
+    missing. `run_id` resumes that run; otherwise the run recorded in the state is resumed, or
+    a new run is created.
     """
 
     def __init__(
@@ -244,7 +243,7 @@ class MlflowBackend:
     def _logged(self, what: str, **entities: Any) -> None:  # noqa: ANN401
         """Call log_batch; turn refusals into the engine's error types.
 
-        Metrics alone go straight to the server's REST API when it has one (`mlflow_rest`).
+        Metrics alone go straight to the server's REST API when it has one (`rest`).
         """
         client = self._require_client()
         try:
@@ -416,10 +415,6 @@ class MlflowBackend:
             return f"{self.tracking_uri.rstrip('/')} (run {self.run_id})"
         store = shlex.quote(absolute_store(self.tracking_uri))
         return f"{program('mlflow')} ui --backend-store-uri {store}"
-
-    def describe(self) -> dict[str, Any]:
-        """Where the metrics went, for the final summary."""
-        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
 
 
 def local_outputs(options: Mapping[str, Any]) -> dict[str, str]:
