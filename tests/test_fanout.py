@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from tensorboard.backend.event_processing import event_accumulator
 from wandb_helpers import config_of, exit_code_of, offline_wandb_env, transaction_logs
 
-from tf_ship.backends.mlflow import KEY_MAP_TAG
+from tf_ship.backends.mlflow.keys import KEY_MAP_TAG
 from tf_ship.backends.tensorboard import folder_name
 from tf_ship.backends.wandb.transaction_log import history_rows
 

@@ -23,17 +23,11 @@ from hypothesis import strategies as st
 
 import tf_ship
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
-from tf_ship.backends.mlflow import (
-    CALLS_IN_FLIGHT,
-    KEY_MAP_TAG,
-    MAX_METRICS_PER_CALL,
-    MlflowBackend,
-    is_valid_key,
-    key_map_tags,
-    sanitize_key,
-    sqlite_file,
-)
-from tf_ship.backends.mlflow_rest import json_number
+from tf_ship.backends.json_numbers import protobuf_json_number as json_number
+from tf_ship.backends.mlflow import MlflowBackend
+from tf_ship.backends.mlflow.backend import CALLS_IN_FLIGHT, MAX_METRICS_PER_CALL
+from tf_ship.backends.mlflow.keys import KEY_MAP_TAG, is_valid_key, key_map_tags, sanitize_key
+from tf_ship.backends.mlflow.store import sqlite_file
 from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
 
 mlflow = pytest.importorskip("mlflow")

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 import tf_ship
-from tf_ship.backends import mlflow_artifacts
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
 from tf_ship.backends.mlflow import MlflowBackend
-from tf_ship.backends.mlflow_deferred import FIRST_DELAY, MAX_DELAY, Deferred
+from tf_ship.backends.mlflow import artifacts as mlflow_artifacts
+from tf_ship.backends.mlflow.deferred import FIRST_DELAY, MAX_DELAY, Deferred
 from tf_ship.shipper.events import ModelConfig, RunInfo, RunStatus
 
 mlflow = pytest.importorskip("mlflow")

@@ -21,9 +21,9 @@ from support import TF_SHIP, clean_env
 from terminal import on_a_terminal
 
 import tf_ship
-from tf_ship.backends import mlflow_errors
 from tf_ship.backends.base import FatalBackendError
 from tf_ship.backends.mlflow import MlflowBackend
+from tf_ship.backends.mlflow import errors as mlflow_errors
 from tf_ship.shipper.events import RunInfo, RunStatus
 
 pytest.importorskip("mlflow")

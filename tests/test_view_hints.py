@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tf_ship.backends.hints import program
-from tf_ship.backends.mlflow import absolute_store
+from tf_ship.backends.mlflow.store import absolute_store
 
 BINDIR = Path(sys.executable).parent
 

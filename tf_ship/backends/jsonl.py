@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from tf_ship.backends.json_numbers import json_number
 from tf_ship.contract import FatalBackendError, MetricEvent, ModelConfig, RunInfo, RunStatus
-
-
-def json_number(value: float) -> float | str:
-    """JSON has no NaN or infinity: write those as the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
 
 
 class JsonlBackend:
@@ -119,7 +110,3 @@ class JsonlBackend:
     def view_hint(self) -> str | None:
         """Where the lines went, when that is a file."""
         return None if self.path is None else f"less {self.path}"
-
-    def describe(self) -> dict[str, Any]:
-        """Where the output went, for the final summary."""
-        return {"path": str(self.path) if self.path else "<stdout>"}

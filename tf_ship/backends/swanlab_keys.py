@@ -9,11 +9,9 @@ names are changed here first, visibly: see docs/backends.md (SwanLab).
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
-from collections.abc import Mapping
 
-logger = logging.getLogger("tf_ship")
+from tf_ship.backends import keys
 
 MAX_KEY_LENGTH = 512
 EDGE_CHARACTERS = " \t\n\r./"
@@ -70,7 +68,7 @@ def sanitize_key(name: str) -> str:
     return key
 
 
-class KeyMap:
+class KeyMap(keys.KeyMap):
     """Assigns each name a unique key SwanLab keeps; remembers every assignment.
 
     A name that SwanLab keeps is its own key, unless another name took it already: then, as
@@ -78,31 +76,7 @@ class KeyMap:
     reported once.
     """
 
-    def __init__(self, known: Mapping[str, str] | None = None) -> None:
-        self.keys: dict[str, str] = dict(known or {})
-        """Name -> key, for every name seen (and the names of earlier sessions)."""
-        self._taken = set(self.keys.values())
-
-    def key(self, name: str) -> str:
-        """The key of `name`."""
-        key = self.keys.get(name)
-        if key is not None:
-            return key
-        base = sanitize_key(name)
-        key, number = base, 1
-        while key in self._taken:
-            number += 1
-            suffix = f"_{number}"
-            key = base[: MAX_KEY_LENGTH - len(suffix)] + suffix
-        self.keys[name] = key
-        self._taken.add(key)
-        if key != name:
-            logger.warning("SwanLab: %r is logged as %r (SwanLab would change it)", name, key)
-        return key
-
-    def renamed(self) -> dict[str, str]:
-        """The names whose key differs from the name."""
-        return {name: key for name, key in self.keys.items() if name != key}
+    rules = keys.KeyRules("SwanLab", sanitize_key, MAX_KEY_LENGTH, "SwanLab would change it")
 
 
 __all__ = ["KeyMap", "is_kept", "metric_name", "sanitize_key", "step_name"]

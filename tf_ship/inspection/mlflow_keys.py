@@ -6,7 +6,7 @@ run would), without importing MLflow.
 
 from __future__ import annotations
 
-from tf_ship.backends.mlflow import KeyMap, sanitize_key
+from tf_ship.backends.mlflow.keys import KeyMap, sanitize_key
 from tf_ship.inspection.report import LogReport
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from tf_ship.backends.jsonl import json_number
+from tf_ship.backends.json_numbers import json_number
 from tf_ship.contract import MetricEvent
 from tf_ship.errors import TfShipError
 from tf_ship.inspection.downsample import SAMPLE_BUCKETS, Downsample

@@ -1,17 +1,7 @@
 """Config artifacts, uploaded through an artifact repository built for the client's tracking URI.
 
-A tracking server that serves artifacts (``mlflow server``'s default) gives its runs artifact
-URIs ``mlflow-artifacts:/<experiment>/<run>/artifacts``, which mean "the artifact API of the
-tracking server". MLflow before 3.7 resolves them against the process's global tracking URI
-(``mlflow.set_tracking_uri``, ``$MLFLOW_TRACKING_URI``, else ``./mlruns``), not the client's:
-``MlflowClient("http://host:5000").log_dict(...)`` then fails with "When an mlflow-artifacts URI
-was supplied, the tracking URI must be a valid http or https URI". MLflow 3.7 passes the client's
-URI along. So the repository is built here, for the backend's tracking URI: through
-`get_artifact_repository(uri, tracking_uri=...)` where it takes one (3.1 on; the repositories
-honour it, only the client did not pass it before 3.7), else (3.0), for ``mlflow-artifacts:``,
-MLflow's own `MlflowArtifactsRepository.resolve_uri` with that URI and the
-`HttpArtifactRepository` it would have made. Other artifact URIs (a local path, an object store)
-do not depend on the tracking URI.
+MLflow before 3.7 sends a server's ``mlflow-artifacts:`` URIs to the global tracking URI, not the
+client's; docs/backends.md (MLflow, Configs).
 """
 
 from __future__ import annotations
@@ -27,11 +17,15 @@ from typing import Any
 import yaml
 
 from tf_ship.backends.base import PermanentBackendError
-from tf_ship.backends.mlflow_errors import first_line
+from tf_ship.backends.mlflow.errors import first_line, is_refusal_status
 
 
 def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:  # noqa: ANN401
-    """MLflow's artifact repository for a run's artifact URI, as the client at `tracking_uri`."""
+    """MLflow's artifact repository for a run's artifact URI, as the client at `tracking_uri`.
+
+    MLflow 3.1 on takes the tracking URI (only its client did not pass it before 3.7); 3.0 gets
+    the `HttpArtifactRepository` that `MlflowArtifactsRepository` would have made for it.
+    """
     from mlflow.store.artifact.artifact_repository_registry import (  # noqa: PLC0415
         get_artifact_repository,
     )
@@ -64,7 +58,7 @@ def is_final(error: BaseException) -> bool:
     if status is None:
         get_status = getattr(error, "get_http_status_code", None)
         status = get_status() if callable(get_status) else None
-    return isinstance(status, int) and 400 <= status < 500 and status not in {408, 429}
+    return isinstance(status, int) and is_refusal_status(status)
 
 
 class ConfigArtifacts:

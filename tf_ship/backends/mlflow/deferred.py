@@ -1,12 +1,7 @@
 """MLflow calls that must not hold metrics back: tried now, again later, reported if never done.
 
-The backend records a model's config next to its metrics (params, an artifact). A config that
-cannot be recorded right now (the artifact store is down, while the tracking server answers)
-must not keep the model's metrics waiting for the engine's whole retry budget. `Deferred` keeps
-such calls in order: `run` makes them, and after a transient error stops and waits (2 s, then
-twice as long each time, at most a minute) before the next `run` tries again. A refusal
-(`PermanentBackendError`) drops the call with a warning; `FatalBackendError` propagates.
-`abandon` reports, once each, the calls never made.
+A config that cannot be recorded right now (an artifact store that is down) must not keep the
+model's metrics waiting for the engine's retries: docs/backends.md (MLflow, Configs).
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ from collections.abc import Callable
 import attrs
 
 from tf_ship.backends.base import FatalBackendError, PermanentBackendError
-from tf_ship.backends.mlflow_errors import first_line
+from tf_ship.backends.mlflow.errors import first_line
 
 logger = logging.getLogger("tf_ship")
 FIRST_DELAY = 2.0

@@ -1,9 +1,7 @@
-"""MLflow errors that no retry can fix, each turned into one line that says what to do.
+"""Which MLflow errors a retry cannot fix, and the one line that says what to do about each.
 
-An outage (no answer, a timeout, a 5xx) may end, so the engine retries it. These do not: MLflow
-or a module it needs is missing or does not import, the tracking URI is malformed or of a kind
-MLflow does not know, the server refuses the login or the permission. The backend raises
-`FatalBackendError` with the line `fatal_error` returns, and the engine stops it at once.
+An outage (no answer, a timeout, a 5xx) is left to the engine's retries; a refusal is not:
+docs/backends.md (MLflow, Errors) lists them.
 """
 
 from __future__ import annotations
@@ -25,6 +23,16 @@ DRIVER_PACKAGES = {
 }
 """Database drivers MLflow's SQL stores import, and the package that provides each."""
 URI_OPTION = "--mlflow-tracking-uri (or $MLFLOW_TRACKING_URI)"
+FATAL_ERROR_CODES = frozenset(
+    {
+        "RESOURCE_DOES_NOT_EXIST",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "UNAUTHORIZED",
+        "CUSTOMER_UNAUTHORIZED",
+    }
+)
+"""Refusals that concern the run itself, not one event: no event can be shipped."""
 LOGIN_HINT = (
     "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
     "to an account of this server"
@@ -37,6 +45,31 @@ def installed_version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "?"
+
+
+def http_status(error: Exception) -> int:
+    """The HTTP status an MlflowException stands for (500 when it names none)."""
+    get_status = getattr(error, "get_http_status_code", None)
+    try:
+        return int(get_status()) if get_status is not None else 500
+    except (TypeError, ValueError):
+        return 500
+
+
+def is_refusal_status(status: int) -> bool:
+    """True for an answer that will not change on retry: a 4xx other than 408 and 429."""
+    return 400 <= status < 500 and status not in {408, 429}
+
+
+def is_refusal(error: Exception) -> bool:
+    """True when MLflow's answer to a call will not change on retry."""
+    return is_refusal_status(http_status(error))
+
+
+def is_fatal_refusal(error: Exception) -> bool:
+    """True when the refusal concerns the run as a whole (gone, deleted, forbidden)."""
+    code = getattr(error, "error_code", None)
+    return code in FATAL_ERROR_CODES or "must be in the 'active' state" in str(error)
 
 
 MAX_TEXT = 300
@@ -121,7 +154,7 @@ def fatal_error(error: Exception, status: int, uri: str, experiment: str) -> str
         return import_error(error, uri)
     if type(error).__name__ == "InvalidUrlException":  # requests could not build the URL
         return malformed(uri, first_line(error))
-    if 400 <= status < 500 and status not in {408, 429}:
+    if is_refusal_status(status):
         return refusal(error, status, uri, experiment)
     return None
 
