@@ -98,7 +98,14 @@ class Downsample:
         """Merge neighbouring buckets pairwise; each bucket now covers twice as many points."""
         pairs = zip(*[iter(self._closed())] * 2, strict=True)  # capacity is even
         merged = [_merge(a, b) for a, b in pairs]
-        columns: list[array[Any]] = [
+        for index, column in enumerate(self._columns()):
+            del column[:]
+            column.extend(bucket[index] for bucket in merged)
+        self.width *= 2
+
+    def _columns(self) -> list[array[Any]]:
+        """The closed buckets' columns, in the order of a bucket's fields."""
+        return [
             self._count,
             self._mean,
             self._low,
@@ -108,23 +115,9 @@ class Downsample:
             self._high_step,
             self._high_at,
         ]
-        for index, column in enumerate(columns):
-            del column[:]
-            column.extend(bucket[index] for bucket in merged)
-        self.width *= 2
 
     def _closed(self) -> Iterator[tuple[Any, ...]]:
-        return zip(
-            self._count,
-            self._mean,
-            self._low,
-            self._low_step,
-            self._low_at,
-            self._high,
-            self._high_step,
-            self._high_at,
-            strict=True,
-        )
+        return zip(*self._columns(), strict=True)
 
     def buckets(self) -> list[tuple[Any, ...]]:
         """Every bucket, the open one last when it holds points.
