@@ -1,62 +1,9 @@
-"""A backend that writes TensorBoard event files: one run directory per model.
+"""A backend that writes TensorBoard event files: one run directory per model, ``DIR/<model>``.
 
-Layout::
-
-    DIR/                      --tensorboard-dir, default ./runs/<run name or UTC timestamp>
-        <model>/              one TensorBoard run per model (purging and steps are per run)
-            events.out.tfevents.<time>.<host>.<pid>.<n>.<random>
-        restart1/             the application's first restart (``--on-restart new-run``)
-            <model>/          the same layout: ``tensorboard --logdir DIR`` shows ``<model>``
-                              and ``restart1/<model>`` side by side
-
-Everything stays under DIR. A model whose folder would be named like a restart folder
-(``restart1``) gets a hash appended in the first run, as unsafe names do. Runs started before
-this layout (restarts in a sibling ``DIR-restart1``) keep their directories, recorded in the
-state.
-
-Each metric is a scalar whose tag is the metric name, exactly as logged (tensorboardX's
-`add_scalar` would rewrite ``l2 error (rel.)`` as ``l2_error__rel._`` and could make two
-metrics collide), at the TorchFort step. Each (model, step) row of consecutive lines becomes one
-event holding all its values: TensorBoard reads that back exactly like one event per value, and
-writing it is several times faster.
-
-What TensorBoard makes of the values and steps:
-
-- values are stored as float32 (``simple_value``): about 7 significant digits; ``1e+300``
-  becomes ``inf`` and ``4.94066e-324`` becomes ``0``; NaN, ``-nan``, ``inf``, ``-inf`` and ``-0``
-  arrive as such.
-- steps are int64 in the event file and read back exactly, negative ones and those beyond 2**31
-  or 2**53 included. TensorBoard's web page holds steps as JavaScript numbers, so it shows steps
-  beyond 2**53 rounded. Steps that go backwards are kept (files with ``brain.Event:2`` are
-  purged only by an explicit restart marker), so a restarted application draws over its own
-  earlier points.
-
-Events go through tensorboardX's synchronous `EventsWriter`, not a `SummaryWriter`: a
-SummaryWriter hands events to a background thread through a queue, and its `flush()` flushes the
-file without waiting for that queue, so up to `max_queue` events written before `flush()` are
-not in the file when it returns. `flush` here is a real barrier (written and fsynced).
-
-Crashes: TensorBoard files are append-only, so exactly-once delivery is kept by cutting off
-what a crashed shipper wrote after its last saved cursor. The resume state records, as of the
-last flush, the size of each event file of the session (a new file is recorded, right after its
-header, before anything else is written to it: `prepare` creates the writers of a batch's new
-models and asks the engine for a save), the digests of the configs written, and a random token
-that ends the name of every file the session creates. Reopening the run truncates each recorded
-file to its recorded size and removes the files that carry the recorded token but are not
-recorded (created after the last save): what is left holds exactly the events before the cursor,
-and the replay from the cursor writes the rest once. Purging with a restart marker
-(``SummaryWriter(purge_step=N)``) is not used: readers then drop every earlier event with a step
-at or above N, and TorchFort's steps may go backwards, so valid points would vanish.
-
-A model's config becomes a text summary (what ``add_text("config", ...)`` writes, tag
-``config/text_summary``: a YAML code block) when it appears or changes, at step = the config's
-version, plus a hyperparameter session start in the model's own run (flattened keys such as
-``optimizer.parameters.learning_rate``), so that the HPARAMS dashboard lists each model with
-its config. tensorboardX's `add_hparams` is not used: it writes into a new sub-run named after
-the current time and copies the metrics there, which shows up as extra, confusing runs.
-No experiment summary is written either: TensorBoard uses the first one it finds for all runs,
-while without one it builds the table from every run's session start. TensorBoard keeps the
-first session start of a run, so a changed config shows in the text, not in the table.
+Tags are the metric names as logged, one event per (model, step) row, written synchronously and
+fsynced by `flush`; configs are text summaries and hyperparameter session starts. Layout, value
+limits and why tensorboardX's usual calls are not used: docs/backends.md (TensorBoard); how a
+crash is cut back to the last saved state: docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -472,10 +419,6 @@ class TensorBoardBackend:
         """The command that shows these curves and those of the other application runs."""
         shown = self._root or self.directory
         return None if shown is None else tensorboard_command(shown)
-
-    def describe(self) -> dict[str, Any]:
-        """Where the runs went, for the final summary."""
-        return {"directory": str(self.directory), "models": dict(self._folders)}
 
 
 def tensorboard_command(logdir: Path) -> str:
