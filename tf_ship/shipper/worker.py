@@ -39,6 +39,7 @@ from tf_ship.contract import (
     MetricEvent,
     PermanentBackendError,
     PreferredBatchSize,
+    ReplaySafe,
     Resumable,
     RunInfo,
     RunStatus,
@@ -217,6 +218,7 @@ class BackendWorker(threading.Thread):
         self._resume_state = backend.resume_state if isinstance(backend, Resumable) else None
         self._prepare = backend.prepare if isinstance(backend, WriteAhead) else None
         self._hint = backend.view_hint if isinstance(backend, ViewHint) else None
+        self._replay_safe = isinstance(backend, ReplaySafe) and backend.replay_safe is True
         preferred = (
             backend.preferred_batch_size if isinstance(backend, PreferredBatchSize) else None
         )
@@ -280,14 +282,15 @@ class BackendWorker(threading.Thread):
 
         Call only where the two agree. A failed save raises when `required` (a write-ahead
         save, without which the batch must not be sent); otherwise it is reported and the next
-        save catches up.
+        save catches up. For a `ReplaySafe` backend only required saves are made here: the
+        periodic save writes its snapshot once per state interval (a save costs two fsyncs).
         """
         if self._resume_state is not None:
             self.resume = dict(self._resume_state())
         self._snapshot = BackendState(
             self.cursor, redact_json(self.resume), redact_json(self.segments.to_json())
         )
-        if not save or self._save is None:
+        if not save or self._save is None or (self._replay_safe and not required):
             return
         try:
             self._save()
