@@ -31,15 +31,12 @@ from typing import Any
 import attrs
 
 from tf_ship.contract import MetricEvent
-
-
-_STEP = operator.attrgetter("step")
-_SERIES = operator.attrgetter("model", "metric")
+from tf_ship.shipper.events import series_of, steps_of
 
 
 def _non_decreasing(steps: Sequence[int]) -> bool:
     """True when no step is lower than the one before it (compared in C, not a Python loop)."""
-    return all(map(operator.le, steps, steps[1:]))  # type: ignore[arg-type]
+    return all(map(operator.le, steps, steps[1:]))
 
 
 class OnRestart(enum.Enum):
@@ -70,7 +67,7 @@ class Segments:
         """
         if not events:
             return None
-        steps = list(map(_STEP, events))
+        steps = steps_of(events)
         if _non_decreasing(steps) and steps[0] >= max(self.highest.values(), default=steps[0]):
             return None
         highest = self.highest
@@ -89,9 +86,9 @@ class Segments:
     def observe(self, events: Sequence[MetricEvent]) -> None:
         """Take events the cursor has moved past into the current segment."""
         highest = self.highest
-        steps = list(map(_STEP, events))
+        steps = steps_of(events)
         if _non_decreasing(steps):  # the last step of each series is its highest
-            for key, step in dict(zip(map(_SERIES, events), steps, strict=True)).items():
+            for key, step in dict(zip(series_of(events), steps, strict=True)).items():
                 top = highest.get(key)
                 if top is None or step > top:
                     highest[key] = step

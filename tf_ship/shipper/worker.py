@@ -49,6 +49,7 @@ from tf_ship.contract import (
 from tf_ship.errors import TfShipError
 from tf_ship.redaction import redact, redact_json
 from tf_ship.shipper.configs import ConfigCatalog
+from tf_ship.shipper.events import EventColumns, models_of
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.parse import LineParser
 from tf_ship.shipper.reasons import full_text, one_line, short_reason, unfixable
@@ -428,7 +429,7 @@ class BackendWorker(threading.Thread):
         for start in range(0, len(events_to_send), size):
             batch = events_to_send[start : start + size]
             if shaper is None:
-                self._send_configs({event.model for event in batch}, changed=changed)
+                self._send_configs(models_of(batch), changed=changed)
             self._deliver(batch)
             if start + size < len(events_to_send):
                 following = events_to_send[start + size].offset - chunk.offset
@@ -446,11 +447,12 @@ class BackendWorker(threading.Thread):
         """Let restart detection take the events from `start` up to offset `before` (or all)."""
         if self.settings.on_restart is not OnRestart.NEW_RUN:
             return start
-        end = (
-            len(events)
-            if before is None
-            else bisect.bisect_left(events, before, lo=start, key=lambda e: e.offset)
-        )
+        if before is None:
+            end = len(events)
+        elif isinstance(events, EventColumns):
+            end = bisect.bisect_left(events.offsets, before, lo=start)
+        else:
+            end = bisect.bisect_left(events, before, lo=start, key=lambda e: e.offset)
         self.segments.observe(events[start:end])
         return end
 
