@@ -138,7 +138,9 @@ def test_equal_steps_and_series_with_their_own_counters_do_not_split() -> None:
     assert Segments().boundary(batch) is None
 
 
-def reference_boundary(highest: dict[tuple[str, str], int], batch: Sequence[MetricEvent]) -> int | None:
+def reference_boundary(
+    highest: dict[tuple[str, str], int], batch: Sequence[MetricEvent]
+) -> int | None:
     """The rule, event by event: the first step lower than its series' highest so far."""
     tops = dict(highest)
     for index, event in enumerate(batch):
