@@ -363,11 +363,13 @@ class Stopwatch:
 
 
 @contextlib.contextmanager
-def mlflow_server(store: Path, backend_store_uri: str | None = None) -> Iterator[tuple[str, int]]:
+def mlflow_server(
+    store: Path, backend_store_uri: str | None = None
+) -> Iterator[tuple[str, int, Callable[[], None]]]:
     """``mlflow server`` (SQLite store unless `backend_store_uri`), started as the tests start it.
 
-    Yields the URI once the server is healthy, and its session id (for its CPU time); stops its
-    process group at the end.
+    Yields the URI, its session id (for its CPU time) and a function that waits until it is
+    healthy (so that two servers start at once); stops its process group at the end.
     """
     servers = _servers()
     store.mkdir(parents=True, exist_ok=True)
@@ -386,8 +388,7 @@ def mlflow_server(store: Path, backend_store_uri: str | None = None) -> Iterator
             start_new_session=True,
         )
     try:
-        servers.wait_until_healthy(process, uri, output)
-        yield uri, process.pid
+        yield uri, process.pid, lambda: servers.wait_until_healthy(process, uri, output)
     finally:
         servers.stop(process)
 
@@ -864,7 +865,6 @@ class Bench:
         big, big_no_state = side_by_side(
             lambda: self.command("tensorboard", path=self.mid),
             lambda: self.command("tensorboard", path=self.mid, state=False),
-            rounds=2 if self.quick else 1,
         )
         within_row(self.table, f"TensorBoard, {self.mid_lines:,} lines: command vs --no-state",
                    big_no_state, big, 1.1)  # fmt: skip
@@ -958,7 +958,7 @@ def speed_of(result: dict[str, Any]) -> str:
     return f"{float(result['count']) / seconds:,.0f} lines/s ({seconds:.2f} s)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one section per figure
     """Build the logs, start the servers, measure everything, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 3 minutes")
@@ -976,8 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.result.write_text(json.dumps(measured))
         return 0
     bursts = 8 if args.quick else 40
-    idle = 3.0 if args.quick else 5.0
-    rss_limit = 10.0 if args.quick else 60.0
+    idle = 2.0 if args.quick else 5.0
+    rss_limit = 6.0 if args.quick else 60.0
     # wandb offline, silent, and pointed at a closed loopback port should it ever try to talk.
     os.environ.update(
         WANDB_MODE="offline",
@@ -995,7 +995,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.engine()
         bench.tensorboard()
         bench.wandb()
-        with mlflow_server(work / "mlflow") as (uri, session):
+        reason = postgres_unavailable()
+        with contextlib.ExitStack() as servers:  # both servers start at once, before measuring
+            uri, session, ready = servers.enter_context(mlflow_server(work / "mlflow"))
+            with_postgres = None
+            if reason is None:
+                store = servers.enter_context(postgres())
+                with_postgres = servers.enter_context(mlflow_server(work / "mlflow-pg", store))
+            ready()
             print(f"MLflow server (SQLite) ready ({time.monotonic() - began:.0f} s)", flush=True)
             bench.uri, bench.session = uri, session
             bench.mlflow("SQLite")
@@ -1003,18 +1010,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.sweep(6 if args.quick else 60, 1000, ["tensorboard"]
                         if args.quick else ["null", "tensorboard", "wandb", "mlflow"])  # fmt: skip
             rss = measure_rss(bench.big, work, uri, rss_limit)
-        reason = postgres_unavailable()
-        if reason is None:
-            with (
-                postgres() as store,
-                mlflow_server(work / "mlflow-pg", store) as (uri, session),
-            ):
+            if with_postgres is not None:
+                uri, session, ready = with_postgres
+                ready()
                 print(f"MLflow server (PostgreSQL) ready ({time.monotonic() - began:.0f} s)")
                 bench.uri, bench.session = uri, session
                 bench.mlflow("PostgreSQL")
-        else:
-            print(f"MLflow with a PostgreSQL store: skipped, {reason}", flush=True)
-            table.notes.append(f"MLflow with a PostgreSQL store: not measured ({reason}).")
+            else:
+                print(f"MLflow with a PostgreSQL store: skipped, {reason}", flush=True)
+                table.notes.append(f"MLflow with a PostgreSQL store: not measured ({reason}).")
         the_command(table, work, bench, rss, bursts=bursts, idle=idle, quick=args.quick)
         table.notes.append(f"Whole benchmark: {time.monotonic() - began:.0f} s.")
     print()
@@ -1066,8 +1070,8 @@ def the_command(  # noqa: PLR0913 - the figures of the real command
             'interpreter running the loop in benchmarks/run.py); "Python API": '
             "`tf_ship.ship(..., follow=False)` without a state file, timed in-process from "
             "opening the run to closing it, like the loop it is compared with. Every group is "
-            "measured in mirrored order (A B B A; in a quick run the engine and TensorBoard "
-            "state figures twice over) and the mean of the runs counts."
+            "measured in mirrored order (A B B A; in a quick run the engine figures twice "
+            "over) and the mean of the runs counts."
         ),
         (
             "Follow mode: the real command with a recording backend (`run:LatencyBackend`); "
