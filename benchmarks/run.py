@@ -1,24 +1,20 @@
 """tf-ship against hand-written baselines, side by side, in one run.
 
-    python benchmarks/run.py                 # the full run (80,000-line log, 2M-line log)
-    python benchmarks/run.py --quick         # a smaller run, for a first look
-    python benchmarks/run.py --markdown docs/table.md
+    python benchmarks/run.py                 # the full run (40,000-line log, 2M-line log)
+    python benchmarks/run.py --quick         # a smaller run, under 3 minutes
+    python benchmarks/run.py --markdown table.md
 
-Everything happens in a temporary directory: the logs are generated, an MLflow server
-(SQLite store) is started on a free loopback port and stopped at the end, wandb runs offline
-against a closed loopback address, so nothing leaves the machine.
+Everything happens in a temporary directory: the logs are generated, MLflow servers are started
+the way the tests start theirs (tests/mlflow_server.py; a SQLite store, and a PostgreSQL store
+when ``initdb``, ``pg_ctl`` and psycopg2 are there) on free loopback ports and stopped at the
+end, wandb runs offline against a closed loopback address, so nothing leaves the machine.
 
-Each throughput figure is measured in a fresh Python process (``run.py --child NAME``): the
-tracker SDKs are imported first, then the clock runs from opening the run to closing it, for
-the baseline (a small hand-written function below) and for tf-ship alike. tf-ship is driven
-through its Python API, ``tf_ship.ship(..., follow=False)`` without a state file: the same
-`Shipper` that ``tf-ship --no-follow --no-state`` runs, without the interpreter start-up and
-SDK imports that the in-process baselines do not pay either. The real ``tf-ship`` command is
-measured where the command itself is the point: follow-mode latency and idle CPU, ``--help``
-start-up, and peak memory.
-
-Ratios: for throughput, baseline time / tf-ship time (above 1: tf-ship is faster); for
-fan-out, fan-out time / slowest single backend; for parsing, grep's speed / tf-ship's.
+tf-ship is measured the way users run it: ``python -m tf_ship --logdir D --no-follow -b X``,
+state file on, as a whole process, against each baseline as a whole process too (a fresh
+interpreter running a small hand-written loop below: ``run.py --child NAME``); next to it the
+same command with ``--no-state`` and the Python API (``tf_ship.ship(..., follow=False)``, timed
+in-process like the loops). Every pair runs in mirrored order (A B B A) and each figure is a
+ratio within the run: this machine's speed drifts by tens of percent between minutes.
 """
 
 from __future__ import annotations
@@ -29,15 +25,14 @@ import json
 import os
 import random
 import re
+import resource
+import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,16 +44,21 @@ LINE = re.compile(rb"TORCHFORT::WANDB: model: (.+?), step: (-?\d+), (.+): (\S+)$
 MULTILINE = re.compile(
     rb"^TORCHFORT::WANDB: model: (.+?), step: (-?\d+), (.+): (\S+)$", re.MULTILINE
 )
-_ONCE = b"+" if sys.version_info >= (3, 11) else b""  # possessive where re has it (3.11+)
-FLOOR = re.compile(
-    rb"\nTORCHFORT::WANDB: model: ([^\n,]*" + _ONCE + rb"), step: (-?[0-9]+" + _ONCE + rb"), "
-    rb"([^\n:]+" + _ONCE + rb"): ([^\n :]+" + _ONCE + rb")(?=\n)"
-)
-CHUNK_BYTES = 4 << 20
 MLFLOW_BATCH = 1000
 SERVER_DEADLINE = 180.0
 LATENCY_ENV = "TF_SHIP_BENCH_LATENCY_OUT"
 HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
+"""Where `mlflow_server` lives: the benchmark starts its servers as the tests do."""
+
+
+def _servers() -> Any:  # noqa: ANN401 - the tests' module
+    """tests/mlflow_server.py, imported in the measuring process only (it imports pytest)."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    import mlflow_server  # noqa: PLC0415
+
+    return mlflow_server
 
 
 # -- the logs ---------------------------------------------------------------------------------
@@ -95,62 +95,15 @@ def parsed_lines(path: Path) -> Iterator[tuple[str, int, str, float]]:
 # -- baselines, each run in a fresh process ---------------------------------------------------
 
 
-def child_grep(options: dict[str, Any]) -> dict[str, Any]:
-    """``grep -c`` over the log: the floor for reading the bytes at all."""
-    best = float("inf")
-    count = 0
-    for _ in range(3):
-        started = time.perf_counter()
-        done = subprocess.run(
-            ["grep", "-c", PREFIX, options["log"]], capture_output=True, check=True, text=True
-        )
-        best = min(best, time.perf_counter() - started)
-        count = int(done.stdout)
-    return {"seconds": best, "count": count}
-
-
-def child_regex_lines(options: dict[str, Any]) -> dict[str, Any]:
-    """Python: one regex match per line, a tuple per metric."""
+def child_naive_finditer(options: dict[str, Any]) -> dict[str, Any]:
+    """The naive loop: one ``re.finditer`` over the whole file, ``int()`` and ``float()`` each."""
     watch = Stopwatch()
-    count = sum(1 for _ in parsed_lines(Path(options["log"])))
-    return {**watch.stop(), "count": count}
-
-
-def child_regex_chunks(options: dict[str, Any]) -> dict[str, Any]:
-    """Python: re.finditer over 4 MiB chunks cut at a newline, a tuple per metric."""
-    watch = Stopwatch()
+    data = Path(options["log"]).read_bytes()
     count = 0
-    rest = b""
-    with Path(options["log"]).open("rb") as stream:
-        while block := stream.read(CHUNK_BYTES):
-            data = rest + block
-            cut = data.rfind(b"\n") + 1
-            data, rest = data[:cut], data[cut:]
-            events = [
-                (m.decode(), int(s), k.decode(), float(v))
-                for m, s, k, v in (match.groups() for match in MULTILINE.finditer(data))
-            ]
-            count += len(events)
-    return {**watch.stop(), "count": count}
-
-
-def child_parse_floor(options: dict[str, Any]) -> dict[str, Any]:
-    """The least any Python parser does: find the fields, int() each step, float() each value.
-
-    One fast regex per 4 MiB chunk; no names decoded, no objects, nothing checked.
-    """
-    watch = Stopwatch()
-    count = 0
-    rest = b"\n"
-    with Path(options["log"]).open("rb") as stream:
-        while block := stream.read(CHUNK_BYTES):
-            data = rest + block
-            cut = data.rfind(b"\n")
-            data, rest = data[: cut + 1], data[cut:]
-            found = FLOOR.findall(data)
-            steps = list(map(int, (step for _, step, _, _ in found)))
-            values = list(map(float, (value for _, _, _, value in found)))
-            count += min(len(steps), len(values))
+    for match in MULTILINE.finditer(data):
+        int(match[2])
+        float(match[4])
+        count += 1
     return {**watch.stop(), "count": count}
 
 
@@ -186,8 +139,8 @@ def child_wandb_per_line(options: dict[str, Any]) -> dict[str, Any]:
     return {**watch.stop(), "count": count}
 
 
-def child_wandb_best(options: dict[str, Any]) -> dict[str, Any]:
-    """The best hand-written loop: one wandb.log per (model, step), per-model x-axes."""
+def child_wandb_packed(options: dict[str, Any]) -> dict[str, Any]:
+    """The packed-rows loop: one wandb.log per step across models, no ``step=``."""
     import wandb  # noqa: F401, PLC0415
 
     watch = Stopwatch()
@@ -195,16 +148,17 @@ def child_wandb_best(options: dict[str, Any]) -> dict[str, Any]:
     count = 0
     models: set[str] = set()
     row: dict[str, Any] = {}
-    current: tuple[str, int] | None = None
+    current: int | None = None
     for model, step, metric, value in parsed_lines(Path(options["log"])):
-        if (model, step) != current:
+        if step != current:
             if row:
                 run.log(row)
-            if model not in models:
-                models.add(model)
-                run.define_metric(f"{model}/step")
-                run.define_metric(f"{model}/*", step_metric=f"{model}/step")
-            current, row = (model, step), {f"{model}/step": step}
+            current, row = step, {}
+        if model not in models:
+            models.add(model)
+            run.define_metric(f"{model}/step")
+            run.define_metric(f"{model}/*", step_metric=f"{model}/step")
+        row[f"{model}/step"] = step
         row[f"{model}/{metric}"] = value
         count += 1
     if row:
@@ -220,22 +174,6 @@ def _mlflow_run(uri: str, experiment: str) -> tuple[Any, str]:
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     return client, client.create_run(experiment_id).info.run_id
-
-
-def child_mlflow_log_metric(options: dict[str, Any]) -> dict[str, Any]:
-    """One MlflowClient.log_metric call per metric, on a sample of the log."""
-    client, run_id = _mlflow_run(options["uri"], "baseline-log-metric")
-    sample = []
-    for event in parsed_lines(Path(options["log"])):
-        sample.append(event)
-        if len(sample) >= options["sample"]:
-            break
-    watch = Stopwatch()
-    for model, step, metric, value in sample:
-        client.log_metric(run_id, f"{model}/{metric}", value, step=step)
-    measured = watch.stop()
-    client.set_terminated(run_id)
-    return {**measured, "count": len(sample)}
 
 
 def child_mlflow_log_batch(options: dict[str, Any]) -> dict[str, Any]:
@@ -342,13 +280,9 @@ class LatencyBackend:
 
 
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "grep": child_grep,
-    "regex_lines": child_regex_lines,
-    "regex_chunks": child_regex_chunks,
-    "parse_floor": child_parse_floor,
     "wandb_per_line": child_wandb_per_line,
-    "wandb_best": child_wandb_best,
-    "mlflow_log_metric": child_mlflow_log_metric,
+    "wandb_packed": child_wandb_packed,
+    "naive_finditer": child_naive_finditer,
     "mlflow_log_batch": child_mlflow_log_batch,
     "tensorboard_add_scalar": child_tensorboard_add_scalar,
     "tf_ship": child_tf_ship,
@@ -363,13 +297,19 @@ def run_child(name: str, workdir: Path, **options: Any) -> dict[str, Any]:  # no
     options = {"dir": str(directory), **options}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name]
     command += ["--options", json.dumps(options), "--result", str(result)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
     done = subprocess.run(
         command, cwd=directory, capture_output=True, text=True, timeout=900, check=False
     )
+    process_seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0 or not result.exists():
         msg = f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}"
         raise RuntimeError(msg)
-    return json.loads(result.read_text())  # type: ignore[no-any-return]
+    measured: dict[str, Any] = json.loads(result.read_text())
+    return {**measured, "process_seconds": process_seconds, "process_cpu": process_cpu}
 
 
 # -- CPU time, from /proc (Linux) ---------------------------------------------------------------
@@ -419,45 +359,27 @@ class Stopwatch:
         return {"seconds": seconds, "cpu": tree_cpu_seconds(os.getpid()) - self.cpu}
 
 
-# -- the MLflow server ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def healthy(uri: str) -> bool:
-    """True when the server answers /health."""
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
+# -- the tracking servers ----------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def mlflow_server(store: Path) -> Iterator[tuple[str, Callable[[], None], int]]:
-    """Start ``mlflow server`` (SQLite) on a free loopback port; stop its process group at the end.
+def mlflow_server(
+    store: Path, backend_store_uri: str | None = None
+) -> Iterator[tuple[str, int, Callable[[], None]]]:
+    """``mlflow server`` (SQLite store unless `backend_store_uri`), started as the tests start it.
 
-    Yields the URI, a function that waits until the server is healthy, and the server's
-    session id (for its CPU time).
+    Yields the URI, its session id (for its CPU time) and a function that waits until it is
+    healthy (so that two servers start at once); stops its process group at the end.
     """
+    servers = _servers()
     store.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{(port := servers.free_port())}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "mlflow", "server"]
-    command += ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
-    command += ["--artifacts-destination", str(store / "artifacts")]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     output = store / "server.log"
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            command,
+            servers.server_command(store, port, backend_store_uri),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -465,24 +387,64 @@ def mlflow_server(store: Path) -> Iterator[tuple[str, Callable[[], None], int]]:
             env=env,
             start_new_session=True,
         )
-
-    def wait() -> None:
-        deadline = time.monotonic() + SERVER_DEADLINE
-        while not healthy(uri):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = output.read_text(errors="replace")[-3000:]
-                msg = f"the MLflow server did not start:\n{tail}"
-                raise RuntimeError(msg)
-            time.sleep(0.2)
-
     try:
-        yield uri, wait, process.pid
+        yield uri, process.pid, lambda: servers.wait_until_healthy(process, uri, output)
     finally:
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        servers.stop(process)
+
+
+def postgres_unavailable() -> str | None:
+    """Why a PostgreSQL store cannot be measured here, or None when it can."""
+    for tool in ("initdb", "pg_ctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not on PATH"
+    probe = [sys.executable, "-c", "import psycopg2"]
+    if subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+        return "psycopg2 is not installed (pip install psycopg2-binary)"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root, and runuser (to start PostgreSQL as nobody) is missing"
+    return None
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster in a temporary directory on a free loopback port.
+
+    Yields its URI. As root, the cluster runs as ``nobody`` (PostgreSQL refuses root). Stopped
+    at the end by the PID in its ``postmaster.pid`` (fast shutdown, then SIGKILL).
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="tf-ship-bench-pg-") as temp,
+        _postgres_in(Path(temp)) as uri,
+    ):
+        yield uri
+
+
+@contextlib.contextmanager
+def _postgres_in(base: Path) -> Iterator[str]:
+    data = base / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "nobody")
+        as_user = ["runuser", "-u", "nobody", "--"]
+    port = _servers().free_port()
+    initdb = [*as_user, "initdb", "-D", str(data), "-U", "postgres", "-A", "trust"]
+    subprocess.run(initdb, capture_output=True, check=True, timeout=120)
+    server_options = f"-p {port} -h 127.0.0.1 -k {base}"
+    start = [*as_user, "pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w"]
+    subprocess.run([*start, "-o", server_options, "start"], capture_output=True, check=True,
+                   timeout=120)  # fmt: skip
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        # psycopg2 named: SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        for sig, grace in ((signal.SIGINT, 20.0), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(grace)
+                os.kill(pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.1)
 
 
 # -- the real command -------------------------------------------------------------------------
@@ -492,6 +454,77 @@ def tf_ship_command() -> list[str]:
     """The installed ``tf-ship`` script beside this interpreter, else ``python -m tf_ship``."""
     script = Path(sys.executable).parent / "tf-ship"
     return [str(script)] if script.exists() else [sys.executable, "-m", "tf_ship"]
+
+
+SHIPPED = re.compile(r"backend (\S+): \w+, (\d+) events")
+"""A backend's line in the command's summary: its name, status and events delivered."""
+
+
+def tracker_options(backends: Sequence[str], out: Path, uri: str | None) -> list[str]:
+    """The command-line options of `backends`, with their outputs under `out`."""
+    options = [part for name in backends for part in ("-b", name)]
+    if "tensorboard" in backends:
+        options += ["--tensorboard-dir", str(out / "tb")]
+    if "wandb" in backends:
+        options += ["--wandb-dir", str(out), "--wandb-mode", "offline"]
+        options += ["--wandb-project", "tf-ship-bench"]
+    if "mlflow" in backends and uri is not None:
+        options += ["--mlflow-tracking-uri", uri, "--mlflow-experiment", "tf-ship-command"]
+    return options
+
+
+def run_command(arguments: Sequence[str], out: Path) -> dict[str, Any]:
+    """Run ``python -m tf_ship ARGUMENTS`` as a user would; its wall and CPU time, what it shipped.
+
+    CPU: this process's reaped children over the run (the command and wandb's service).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "tf_ship", *arguments],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        msg = f"tf-ship {' '.join(arguments)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+        raise RuntimeError(msg)
+    shipped: dict[str, int] = {}
+    for name, count in SHIPPED.findall(done.stderr):
+        shipped[name] = shipped.get(name, 0) + int(count)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    delivered = sum(int(n) for n in re.findall(r"delivered (\d+) events", done.stderr))
+    return {
+        "seconds": seconds,
+        "process_seconds": seconds,
+        "cpu": cpu,
+        "process_cpu": cpu,
+        "events": shipped,
+        "delivered": delivered,
+    }
+
+
+def fresh_logdir(log: Path, workdir: Path) -> Path:
+    """A new log directory holding `log` (a hard link): no state file, no lock, no outputs."""
+    directory = workdir / f"cmd-{time.monotonic_ns()}"
+    directory.mkdir(parents=True)
+    os.link(log, directory / log.name)
+    return directory
+
+
+def write_sweep(root: Path, logs: int, lines: int) -> list[Path]:
+    """`logs` log directories of `lines` lines each under `root` (a sweep's layout)."""
+    directories = []
+    for index in range(logs):
+        directory = root / f"trial-{index:03d}"
+        write_log(directory / "torchfort.log", lines, seed=100 + index)
+        directories.append(directory)
+    return directories
 
 
 def measure_help(repeats: int) -> float:
@@ -605,8 +638,8 @@ def measure_rss(log: Path, workdir: Path, uri: str, limit: float) -> dict[str, A
 def mean_of(*results: dict[str, Any]) -> dict[str, Any]:
     """One result from several runs of a measurement: the mean of its times, the first's rest."""
     merged = dict(results[0])
-    for field in ("seconds", "cpu", "server_cpu"):
-        merged[field] = statistics.fmean(float(result[field]) for result in results)
+    for field in ("seconds", "process_seconds", "cpu", "process_cpu", "server_cpu"):
+        merged[field] = statistics.fmean(float(result.get(field, 0.0)) for result in results)
     return merged
 
 
@@ -677,18 +710,261 @@ def speedup_row(  # noqa: PLR0913 - one argument per column
 def check_delivery(name: str, result: dict[str, Any], lines: int) -> None:
     """Fail loudly when tf-ship did not ship every line to every backend."""
     shipped = set(result["events"].values())
-    if not result["ok"] or shipped != {lines}:
+    if not result.get("ok", True) or shipped != {lines}:
         msg = f"tf-ship ({name}) did not ship all {lines} lines: {result}"
         raise RuntimeError(msg)
 
 
+def side_by_side(*measure: Callable[[], dict[str, Any]], rounds: int = 1) -> list[dict[str, Any]]:
+    """Each measurement in mirrored order (A B B A), `rounds` times; the mean counts.
+
+    The machine's speed drifts between runs, and an MLflow store grows with every run: the mean
+    of mirrored runs cancels a steady drift (the faster of two would favour whatever ran first).
+    Quick figures take more rounds: a second of noise weighs more on them.
+    """
+    runs: list[list[dict[str, Any]]] = [[] for _ in measure]
+    for _ in range(rounds):
+        for index, run in enumerate(measure):
+            runs[index].append(run())
+        for index in reversed(range(len(measure))):
+            runs[index].append(measure[index]())
+    return [mean_of(*results) for results in runs]
+
+
+def within_row(
+    table: Table, figure: str, baseline: dict[str, Any], ours: dict[str, Any], limit: float
+) -> None:
+    """A row "tf-ship's whole process takes at most `limit` x the baseline's"."""
+    ratio = ours["process_seconds"] / baseline["process_seconds"]
+    table.add(
+        figure,
+        f"{baseline['process_seconds']:.2f} s",
+        f"{ours['process_seconds']:.2f} s",
+        f"{ratio:.2f}x the time",
+        f"<= {limit:g}x",
+        met=ratio <= limit,
+    )
+
+
+class Bench:
+    """One run of the benchmark: its logs, servers, table and options."""
+
+    def __init__(self, work: Path, table: Table, args: argparse.Namespace) -> None:
+        self.work = work
+        self.table = table
+        self.quick = bool(args.quick)
+        self.log = work / "tracker-log" / "torchfort.log"
+        self.big = work / "big-log" / "torchfort.log"
+        self.lines = write_log(self.log, args.lines or (10_000 if self.quick else 40_000))
+        self.big_lines = write_log(
+            self.big, args.big_lines or (400_000 if self.quick else 2_000_000), seed=2
+        )
+        if self.quick:  # TensorBoard's state figure on a quarter of the big log
+            self.mid = work / "mid-log" / "torchfort.log"
+            self.mid_lines = write_log(self.mid, self.big_lines // 4, seed=3)
+        else:
+            self.mid, self.mid_lines = self.big, self.big_lines
+        self.uri = ""
+        self.session = 0
+        self.alone: dict[str, dict[str, Any]] = {}
+
+    def child(self, name: str, path: Path | None = None, **options: Any) -> dict[str, Any]:  # noqa: ANN401
+        """A measurement in a fresh interpreter, with the MLflow server's CPU over it."""
+        server_before = session_cpu_seconds(self.session) if self.session else 0.0
+        log = path or self.log
+        measured = run_child(name, self.work, log=str(log), uri=self.uri, **options)
+        after = session_cpu_seconds(self.session) if self.session else 0.0
+        measured["server_cpu"] = after - server_before
+        return measured
+
+    def api(self, *backends: str, path: Path | None = None) -> dict[str, Any]:
+        """tf_ship.ship(follow=False) without a state file, in a fresh interpreter."""
+        result = self.child("tf_ship", path, backends=list(backends))
+        check_delivery("+".join(backends), result, self.big_lines if path else self.lines)
+        return result
+
+    def command(
+        self, *backends: str, path: Path | None = None, state: bool = True
+    ) -> dict[str, Any]:
+        """The default command as users type it (``--no-state`` if not `state`)."""
+        log = path or self.log
+        logdir = fresh_logdir(log, self.work)
+        arguments = ["--logdir", str(logdir), "--no-follow"]
+        arguments += tracker_options(backends, logdir / "out", self.uri)
+        if not state:
+            arguments.append("--no-state")
+        server_before = session_cpu_seconds(self.session) if self.session else 0.0
+        result = run_command(arguments, logdir / "out")
+        after = session_cpu_seconds(self.session) if self.session else 0.0
+        result["server_cpu"] = after - server_before
+        result["count"] = self._lines_of(log)
+        check_delivery("+".join(backends) + " command", result, result["count"])
+        return result
+
+    def _lines_of(self, log: Path) -> int:
+        if log == self.big:
+            return self.big_lines
+        return self.mid_lines if log == self.mid else self.lines
+
+    # -- the sections ---------------------------------------------------------------------------
+
+    def wandb(self) -> None:
+        """Wandb offline: the command, --no-state and the API against the packed-rows loop."""
+        if self.quick:
+            packed, command = side_by_side(
+                lambda: self.child("wandb_packed"), lambda: self.command("wandb")
+            )
+        else:
+            packed, command, api = side_by_side(
+                lambda: self.child("wandb_packed"),
+                lambda: self.command("wandb"),
+                lambda: self.api("wandb"),
+            )
+            speedup_row(self.table, "wandb: Python API vs packed-rows loop (in-process)",
+                        packed, api, minimum=None, target="-")  # fmt: skip
+        within_row(self.table, "wandb: command vs packed-rows loop", packed, command, 1.15)
+        if not self.quick:
+            per_line = self.child("wandb_per_line")
+            within_row(self.table, "wandb: command vs per-line daemon (one wandb.log per line)",
+                       per_line, command, 1.0)  # fmt: skip
+        self.alone["wandb"] = command
+
+    def mlflow(self, store: str) -> None:
+        """MLflow against the running server: the command and the API against log_batch."""
+        if self.quick:
+            log_batch, command = side_by_side(
+                lambda: self.child("mlflow_log_batch"), lambda: self.command("mlflow")
+            )
+        else:
+            log_batch, command, api = side_by_side(
+                lambda: self.child("mlflow_log_batch"),
+                lambda: self.command("mlflow"),
+                lambda: self.api("mlflow"),
+            )
+            speedup_row(self.table, f"MLflow server ({store}): Python API vs log_batch "
+                        "(in-process)", log_batch, api, minimum=None, target="-")  # fmt: skip
+        within_row(self.table, f"MLflow server ({store}): command vs log_batch loop of 1000",
+                   log_batch, command, 1.15)  # fmt: skip
+        self.table.notes.append(
+            f"MLflow server ({store}) CPU: {command['server_cpu']:.1f} s for the command's "
+            f"{self.lines:,} metrics, {log_batch['server_cpu']:.1f} s for the log_batch loop's."
+        )
+        if store == "SQLite":
+            self.alone["mlflow"] = command
+
+    def tensorboard(self) -> None:
+        """TensorBoard: the command and --no-state against the add_scalar loop."""
+        add_scalar, command, no_state = side_by_side(
+            lambda: self.child("tensorboard_add_scalar"),
+            lambda: self.command("tensorboard"),
+            lambda: self.command("tensorboard", state=False),
+        )
+        within_row(self.table, "TensorBoard: command vs add_scalar loop", add_scalar, command, 1.0)
+        within_row(self.table, "TensorBoard: command vs --no-state", no_state, command, 1.1)
+        self.alone["tensorboard"] = command
+        big, big_no_state = side_by_side(
+            lambda: self.command("tensorboard", path=self.mid),
+            lambda: self.command("tensorboard", path=self.mid, state=False),
+        )
+        within_row(self.table, f"TensorBoard, {self.mid_lines:,} lines: command vs --no-state",
+                   big_no_state, big, 1.1)  # fmt: skip
+
+    def engine(self) -> None:
+        """The null backend on the big log: the command, --no-state, the API, the naive loop."""
+        big = self.big
+        naive, command, no_state, api = side_by_side(
+            lambda: self.child("naive_finditer", big),
+            lambda: self.command("null", path=big),
+            lambda: self.command("null", path=big, state=False),
+            lambda: self.api("null", path=big),
+            rounds=2 if self.quick else 1,
+        )
+        ratio = naive["process_seconds"] / command["process_seconds"]
+        self.table.add(
+            f"engine, null backend, {self.big_lines:,} lines: command vs naive finditer loop",
+            speed_of(naive),
+            speed_of(command),
+            f"{ratio:.2f}x its speed",
+            ">= 0.6x",
+            met=ratio >= 0.6,
+        )
+        within_row(self.table, "engine, null backend: command vs --no-state", no_state, command,
+                   1.1)  # fmt: skip
+        self.table.notes.append(
+            f"Engine, CPU time (user + system) of the whole process: naive loop "
+            f"{naive['process_cpu']:.2f} s, command {command['process_cpu']:.2f} s "
+            f"({naive['process_cpu'] / command['process_cpu']:.2f}x its speed), --no-state "
+            f"{no_state['process_cpu']:.2f} s."
+        )
+        speedup_row(self.table, "engine: Python API (no state) vs naive loop, in-process",
+                    naive, api, minimum=None, target="-")  # fmt: skip
+
+    def fan_out(self) -> None:
+        """All three trackers at once against the slowest alone (commands, state on)."""
+        fan_out = mean_of(*(self.command("wandb", "mlflow", "tensorboard") for _ in range(2)))
+        slowest = max(self.alone, key=lambda name: self.alone[name]["process_seconds"])
+        ratio = fan_out["process_seconds"] / self.alone[slowest]["process_seconds"]
+        self.table.add(
+            "fan-out: command to wandb+mlflow+tensorboard vs the slowest alone",
+            f"{slowest} alone {self.alone[slowest]['process_seconds']:.2f} s",
+            f"all three {fan_out['process_seconds']:.2f} s",
+            f"{ratio:.2f}x",
+            "<= 1.2x",
+            met=ratio <= 1.2,
+        )
+        cores = os.cpu_count() or 1
+        needed = sum(cpu_demand(result) for result in self.alone.values())
+        self.table.notes.append(
+            "CPU used (user + system: the command with wandb's service, plus the MLflow server): "
+            + ", ".join(f"{name} alone {cpu_demand(r):.1f} s" for name, r in self.alone.items())
+            + f", all three at once {cpu_demand(fan_out):.1f} s. On {cores} cores the three "
+            f"cannot finish in less than {needed:.1f} s / {cores} = {needed / cores:.1f} s."
+        )
+
+    def sweep(self, logs: int, lines: int, trackers: Sequence[str]) -> None:
+        """``tf-ship watch ROOT --no-follow`` against the sum of one command per log."""
+        for tracker in trackers:
+
+            def watch(tracker: str = tracker) -> dict[str, Any]:
+                root = self.work / f"sweep-{time.monotonic_ns()}"
+                write_sweep(root, logs, lines)
+                arguments = ["watch", str(root), "--no-follow"]
+                result = run_command(arguments + tracker_options([tracker], root / "out", self.uri),
+                                     root / "out")  # fmt: skip
+                if result["delivered"] != logs * lines:
+                    msg = f"watch delivered {result['delivered']}, not {logs * lines} events"
+                    raise RuntimeError(msg)
+                return result
+
+            def singles(tracker: str = tracker) -> dict[str, Any]:
+                root = self.work / f"sweep-{time.monotonic_ns()}"
+                results = []
+                for directory in write_sweep(root, logs, lines):
+                    arguments = ["--logdir", str(directory), "--no-follow"]
+                    arguments += tracker_options([tracker], directory / "out", self.uri)
+                    results.append(run_command(arguments, directory / "out"))
+                    check_delivery(f"{tracker} single", results[-1], lines)
+                total = sum(r["process_seconds"] for r in results)
+                return {"seconds": total, "process_seconds": total, "cpu": 0.0, "server_cpu": 0.0}
+
+            watched, single = side_by_side(watch, singles)
+            within_row(self.table, f"sweep, {tracker}: watch of {logs} logs x {lines:,} lines vs "
+                       "the sum of single commands", single, watched, 1.2)  # fmt: skip
+
+
+def speed_of(result: dict[str, Any]) -> str:
+    """A whole-process throughput cell: lines per second and the process's time."""
+    seconds = float(result["process_seconds"])
+    return f"{float(result['count']) / seconds:,.0f} lines/s ({seconds:.2f} s)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one section per figure
-    """Build the logs, start the server, measure everything, print the table."""
+    """Build the logs, start the servers, measure everything, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    parser.add_argument("--lines", type=int, help="lines of the tracker log [80000; quick 20000]")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under 3 minutes")
+    parser.add_argument("--lines", type=int, help="lines of the tracker log [40000; quick 10000]")
     parser.add_argument(
-        "--big-lines", type=int, help="lines of the parsing/RSS log [2000000; quick 200000]"
+        "--big-lines", type=int, help="lines of the engine/RSS log [2000000; quick 400000]"
     )
     parser.add_argument("--markdown", type=Path, help="also write the table here, as Markdown")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -699,221 +975,115 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one secti
         measured = CHILDREN[args.child](json.loads(args.options))
         args.result.write_text(json.dumps(measured))
         return 0
-
-    lines = args.lines or (20_000 if args.quick else 80_000)
-    big_lines = args.big_lines or (200_000 if args.quick else 2_000_000)
-    sample = 100 if args.quick else 300
-    bursts = 15 if args.quick else 40
-    idle = 3.0 if args.quick else 5.0
-    rss_limit = 20.0 if args.quick else 60.0
+    bursts = 8 if args.quick else 40
+    idle = 2.0 if args.quick else 5.0
+    rss_limit = 6.0 if args.quick else 60.0
     # wandb offline, silent, and pointed at a closed loopback port should it ever try to talk.
     os.environ.update(
         WANDB_MODE="offline",
         WANDB_SILENT="true",
-        WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        WANDB_BASE_URL=f"http://127.0.0.1:{_servers().free_port()}",
         WANDB_DISABLE_GIT="true",
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
     began = time.monotonic()
     table = Table()
-    with (
-        tempfile.TemporaryDirectory(prefix="tf-ship-bench-") as temp,
-        mlflow_server(Path(temp) / "mlflow") as (uri, wait_for_server, server_session),
-    ):
+    with tempfile.TemporaryDirectory(prefix="tf-ship-bench-") as temp:
         work = Path(temp)
-        log = work / "tracker-log" / "torchfort.log"
-        big = work / "big-log" / "torchfort.log"
-        lines = write_log(log, lines)
-        big_lines = write_log(big, big_lines, seed=2)
-        print(f"logs: {lines:,} and {big_lines:,} lines; waiting for the MLflow server", flush=True)
-        wait_for_server()
-        print(f"MLflow server ready at {uri} ({time.monotonic() - began:.0f} s)", flush=True)
-
-        def child(name: str, path: Path = log, **options: Any) -> dict[str, Any]:  # noqa: ANN401
-            server_before = session_cpu_seconds(server_session)
-            measured = run_child(name, work, log=str(path), uri=uri, **options)
-            measured["server_cpu"] = session_cpu_seconds(server_session) - server_before
-            return measured
-
-        def ours(*backends: str, path: Path = log) -> dict[str, Any]:
-            result = child("tf_ship", path, backends=list(backends))
-            check_delivery("+".join(backends), result, big_lines if path == big else lines)
-            return result
-
-        def side_by_side(*measure: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
-            """Each measurement twice, in mirrored order (A B B A); the mean of the two counts.
-
-            The machine's speed drifts between runs, and the MLflow store grows with every run:
-            the mean of mirrored runs cancels a steady drift (the faster of two would favour
-            whatever ran first).
-            """
-            first = [run() for run in measure]
-            second = [run() for run in reversed(measure)][::-1]
-            return [mean_of(a, b) for a, b in zip(first, second, strict=True)]
-
-        # wandb
-        per_line, best, wandb_alone = side_by_side(
-            lambda: child("wandb_per_line"), lambda: child("wandb_best"), lambda: ours("wandb")
-        )
-        speedup_row(
-            table, "wandb vs per-line daemon", per_line, wandb_alone, minimum=4.0, target=">= 4x"
-        )
-        speedup_row(
-            table,
-            "wandb vs best hand-written loop",
-            best,
-            wandb_alone,
-            minimum=1 / 1.15,
-            target=">= 0.87x (within 1.15x)",
-        )
-        # MLflow
-        log_metric = child("mlflow_log_metric", sample=sample)
-        log_batch, mlflow_alone = side_by_side(
-            lambda: child("mlflow_log_batch"), lambda: ours("mlflow")
-        )
-        speedup_row(
-            table,
-            "MLflow vs log_batch loop of 1000",
-            log_batch,
-            mlflow_alone,
-            minimum=1 / 1.15,
-            target=">= 0.87x (within 1.15x)",
-        )
-        ratio = rate(mlflow_alone) / rate(log_metric)
-        table.add(
-            f"MLflow vs log_metric per metric ({log_metric['count']} sampled)",
-            speed(log_metric, "metrics/s"),
-            speed(mlflow_alone, "metrics/s"),
-            f"{ratio:.0f}x",
-            ">= 100x",
-            met=ratio >= 100,
-        )
-        # TensorBoard
-        add_scalar, tensorboard_alone = side_by_side(
-            lambda: child("tensorboard_add_scalar"), lambda: ours("tensorboard")
-        )
-        speedup_row(
-            table,
-            "TensorBoard vs add_scalar loop",
-            add_scalar,
-            tensorboard_alone,
-            minimum=1.0,
-            target=">= 1x",
-        )
-        # parsing, on the big log
-        grep = child("grep", big)
-        regex_lines, regex_chunks, floor, parsing = side_by_side(
-            lambda: child("regex_lines", big),
-            lambda: child("regex_chunks", big),
-            lambda: child("parse_floor", big),
-            lambda: ours("null", path=big),
-        )
-        slower = rate(grep) / rate(parsing)
-        table.add(
-            f"parsing alone, null backend ({big_lines:,} lines) vs grep -c",
-            speed(grep),
-            speed(parsing),
-            f"{slower:.1f}x slower",
-            ">= 1,000,000 lines/s and <= 20x",
-            met=rate(parsing) >= 1_000_000 and slower <= 20,
-        )
-        for figure, baseline in (
-            ("parsing vs Python regex line by line", regex_lines),
-            ("parsing vs re.finditer, 4 MiB chunks", regex_chunks),
-            ("parsing vs the floor: fast regex + int() + float() only", floor),
-        ):
-            speedup_row(table, figure, baseline, parsing, minimum=None, target="-")
-        # fan-out
-        fan_out = mean_of(*(ours("wandb", "mlflow", "tensorboard") for _ in range(2)))
-        alone = {"wandb": wandb_alone, "mlflow": mlflow_alone, "tensorboard": tensorboard_alone}
-        slowest = max(alone, key=lambda name: alone[name]["seconds"])
-        ratio = fan_out["seconds"] / alone[slowest]["seconds"]
-        table.add(
-            "fan-out wandb+mlflow+tensorboard vs slowest alone",
-            f"{slowest} alone {alone[slowest]['seconds']:.2f} s",
-            f"all three {fan_out['seconds']:.2f} s",
-            f"{ratio:.2f}x",
-            "<= 1.2x",
-            met=ratio <= 1.2,
-        )
-        cores = os.cpu_count() or 1
-        needed = sum(cpu_demand(result) for result in alone.values())
-        table.notes.append(
-            "CPU used (user + system: the measuring process with wandb's service process, plus "
-            "the MLflow server): "
-            + ", ".join(
-                f"{name} alone {cpu_demand(result):.1f} s" for name, result in alone.items()
-            )
-            + f", all three at once {cpu_demand(fan_out):.1f} s. On {cores} cores the three "
-            f"cannot finish in less than {needed:.1f} s / {cores} = {needed / cores:.1f} s, "
-            f"{needed / cores / alone[slowest]['seconds']:.2f}x the slowest alone. The MLflow "
-            f"server used {mlflow_alone['server_cpu']:.1f} s of CPU for tf-ship's "
-            f"{lines:,} metrics and {log_batch['server_cpu']:.1f} s for the log_batch loop's."
-        )
-        # the real command
-        follow = measure_follow(work, bursts, idle)
-        median, p99 = follow["median"], follow["p99"]
-        table.add("follow latency, median", "-", f"{median * 1000:.0f} ms", "-", "< 250 ms",
-                  met=median < 0.25)  # fmt: skip
-        table.add("follow latency, p99", "-", f"{p99 * 1000:.0f} ms", "-", "< 1 s",
-                  met=p99 < 1.0)  # fmt: skip
-        busy = follow["idle_cpu"]
-        table.add(f"idle CPU in follow mode ({idle:g} s)", "-", f"{busy:.2%} of a core", "-",
-                  "< 1% of a core", met=busy < 0.01)  # fmt: skip
-        help_time = measure_help(3 if args.quick else 5)
-        table.add("tf-ship --help start-up (median)", "-", f"{help_time:.3f} s", "-", "< 0.3 s",
-                  met=help_time < 0.3)  # fmt: skip
-        rss = measure_rss(big, work, uri, rss_limit)
-        table.add(
-            f"peak RSS, {big_lines:,}-line log to null+tensorboard+wandb+mlflow",
-            "-",
-            f"{rss['peak'] / 2**20:.0f} MB",
-            "-",
-            "< 250 MB",
-            met=rss["peak"] < 250 * 2**20,
-        )
-        shipped = ", ".join(f"{name} {count:,}" for name, count in rss["shipped"].items())
-        everything = all(count == big_lines for count in rss["shipped"].values())
-        table.notes += [
-            (
-                f"Tracker figures: a finished log of {lines:,} lines ({len(MODELS)} models x "
-                f"{len(METRICS)} metrics x {lines // 4:,} steps); parsing and RSS: "
-                f"{big_lines:,} lines. Throughput is measured in a fresh process per figure, "
-                "from opening the run to closing it; tf-ship through "
-                "`tf_ship.ship(..., follow=False)` without a state file (what "
-                "`tf-ship --no-follow --no-state` runs). Each tracker baseline and tf-ship run "
-                "twice in mirrored order (A B B A; the fan-out twice), and the mean of the two "
-                "runs counts; likewise for the parsing figures (grep: the best of three)."
-            ),
-            (
-                "Ratio: baseline time / tf-ship time for throughput (above 1: tf-ship faster); "
-                "fan-out time / slowest backend alone; grep's speed / tf-ship's."
-            ),
-            f"MLflow log_metric: {log_metric['count']} metrics timed, reported as a rate.",
-            (
-                "Follow mode: the real command with a recording backend (`run:LatencyBackend`); "
-                f"{bursts} bursts of {len(MODELS) * len(METRICS)} lines (one write per line) "
-                "at random gaps of 5 ms to 1 s, default --poll-interval 0.5; "
-                f"{follow['events']} of {follow['expected']} events arrived. "
-                f"Idle CPU: user+system time over {idle:g} s without new lines."
-            ),
-            "Peak RSS: the real command (`tf-ship --no-follow --no-state` with four backends), "
-            "polled every 50 ms"
-            + (
-                f"; it shipped the whole log to every backend in {rss['seconds']:.0f} s."
-                if everything
-                else f", stopped with SIGTERM after {rss_limit:g} s "
-                f"(lines shipped by then: {shipped}): memory does not grow with the log, "
-                "it holds at most one read block and one batch per backend."
-            ),
-            f"Whole benchmark: {time.monotonic() - began:.0f} s.",
-        ]
+        bench = Bench(work, table, args)
+        print(f"logs: {bench.lines:,} and {bench.big_lines:,} lines", flush=True)
+        bench.engine()
+        bench.tensorboard()
+        bench.wandb()
+        reason = postgres_unavailable()
+        with contextlib.ExitStack() as servers:  # both servers start at once, before measuring
+            uri, session, ready = servers.enter_context(mlflow_server(work / "mlflow"))
+            with_postgres = None
+            if reason is None:
+                store = servers.enter_context(postgres())
+                with_postgres = servers.enter_context(mlflow_server(work / "mlflow-pg", store))
+            ready()
+            print(f"MLflow server (SQLite) ready ({time.monotonic() - began:.0f} s)", flush=True)
+            bench.uri, bench.session = uri, session
+            bench.mlflow("SQLite")
+            bench.fan_out()
+            bench.sweep(6 if args.quick else 60, 1000, ["tensorboard"]
+                        if args.quick else ["null", "tensorboard", "wandb", "mlflow"])  # fmt: skip
+            rss = measure_rss(bench.big, work, uri, rss_limit)
+            if with_postgres is not None:
+                uri, session, ready = with_postgres
+                ready()
+                print(f"MLflow server (PostgreSQL) ready ({time.monotonic() - began:.0f} s)")
+                bench.uri, bench.session = uri, session
+                bench.mlflow("PostgreSQL")
+            else:
+                print(f"MLflow with a PostgreSQL store: skipped, {reason}", flush=True)
+                table.notes.append(f"MLflow with a PostgreSQL store: not measured ({reason}).")
+        the_command(table, work, bench, rss, bursts=bursts, idle=idle, quick=args.quick)
+        table.notes.append(f"Whole benchmark: {time.monotonic() - began:.0f} s.")
     print()
     print(table.text())
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table.markdown())
     return 0
+
+
+def the_command(  # noqa: PLR0913 - the figures of the real command
+    table: Table,
+    work: Path,
+    bench: Bench,
+    rss: dict[str, Any],
+    *,
+    bursts: int,
+    idle: float,
+    quick: bool,
+) -> None:
+    """Rows and notes kept from before: follow latency, idle CPU, --help, peak RSS."""
+    follow = measure_follow(work, bursts, idle)
+    median, p99 = follow["median"], follow["p99"]
+    table.add("follow latency, median", "-", f"{median * 1000:.0f} ms", "-", "< 250 ms",
+              met=median < 0.25)  # fmt: skip
+    table.add("follow latency, p99", "-", f"{p99 * 1000:.0f} ms", "-", "< 1 s",
+              met=p99 < 1.0)  # fmt: skip
+    busy = follow["idle_cpu"]
+    table.add(f"idle CPU in follow mode ({idle:g} s)", "-", f"{busy:.2%} of a core", "-",
+              "< 1% of a core", met=busy < 0.01)  # fmt: skip
+    help_time = measure_help(3 if quick else 5)
+    table.add("tf-ship --help start-up (median)", "-", f"{help_time:.3f} s", "-", "< 0.3 s",
+              met=help_time < 0.3)  # fmt: skip
+    table.add(
+        f"peak RSS, {bench.big_lines:,}-line log to null+tensorboard+wandb+mlflow",
+        "-",
+        f"{rss['peak'] / 2**20:.0f} MB",
+        "-",
+        "< 250 MB",
+        met=rss["peak"] < 250 * 2**20,
+    )
+    shipped = ", ".join(f"{name} {count:,}" for name, count in rss["shipped"].items())
+    table.notes += [
+        (
+            f"Logs: {bench.lines:,} lines for the trackers, {bench.big_lines:,} for the engine "
+            f'and RSS ({len(MODELS)} models x {len(METRICS)} metrics per step). "command": '
+            "`python -m tf_ship --logdir D --no-follow -b X` in a fresh directory holding the "
+            "log (state file on), timed as a whole process, as are the baselines (each a fresh "
+            'interpreter running the loop in benchmarks/run.py); "Python API": '
+            "`tf_ship.ship(..., follow=False)` without a state file, timed in-process from "
+            "opening the run to closing it, like the loop it is compared with. Every group is "
+            "measured in mirrored order (A B B A; in a quick run the engine figures twice "
+            "over) and the mean of the runs counts."
+        ),
+        (
+            "Follow mode: the real command with a recording backend (`run:LatencyBackend`); "
+            f"{bursts} bursts of {len(MODELS) * len(METRICS)} lines at random gaps of 5 ms to "
+            f"1 s, default --poll-interval 0.5; {follow['events']} of {follow['expected']} "
+            f"events arrived. Idle CPU: user+system time over {idle:g} s without new lines."
+        ),
+        (
+            "Peak RSS: `tf-ship --no-follow --no-state` with four backends, polled every 50 ms, "
+            f"stopped after at most {rss['seconds']:.0f} s (shipped by then: {shipped})."
+        ),
+    ]
 
 
 if __name__ == "__main__":

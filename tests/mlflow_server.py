@@ -39,15 +39,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_command(store: Path, port: int) -> list[str]:
-    """The command line of a server with its store and artifacts under `store`."""
+def server_command(store: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
+    """The command line of a server with its artifacts (and its SQLite store) under `store`.
+
+    `backend_store_uri` replaces the SQLite store (a PostgreSQL URI, for instance).
+    """
     return [
         sys.executable,
         "-m",
         "mlflow",
         "server",
         "--backend-store-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{store / 'mlflow.db'}",
         "--artifacts-destination",
         str(store / "artifacts"),
         "--host",

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
@@ -134,6 +136,40 @@ def test_equal_steps_and_series_with_their_own_counters_do_not_split() -> None:
         ("c", "loss", -5),
     )
     assert Segments().boundary(batch) is None
+
+
+def reference_boundary(
+    highest: dict[tuple[str, str], int], batch: Sequence[MetricEvent]
+) -> int | None:
+    """The rule, event by event: the first step lower than its series' highest so far."""
+    tops = dict(highest)
+    for index, event in enumerate(batch):
+        key = (event.model, event.metric)
+        if key in tops and event.step < tops[key]:
+            return index
+        tops[key] = max(tops.get(key, event.step), event.step)
+    return None
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    earlier=st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from("xy"), st.integers(-3, 9))),
+    batch=st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xy"), st.integers(-3, 9))),
+)
+def test_the_boundary_and_the_highest_steps_follow_the_rule(
+    earlier: list[tuple[str, str, int]], batch: list[tuple[str, str, int]]
+) -> None:
+    """Whatever the steps (rising together, or each series its own), the shortcuts agree."""
+    segments = Segments()
+    seen = events(*earlier)
+    cut = reference_boundary({}, seen)
+    segments.observe(seen[:cut])
+    highest: dict[tuple[str, str], int] = {}
+    for event in seen[:cut]:
+        key = (event.model, event.metric)
+        highest[key] = max(highest.get(key, event.step), event.step)
+    assert segments.highest == highest
+    assert segments.boundary(events(*batch)) == reference_boundary(highest, events(*batch))
 
 
 def test_segments_survive_the_state_file() -> None:

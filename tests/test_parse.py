@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tf_ship.shipper.events import FileIdentity, MetricEvent, SkipReason
+from tf_ship.shipper.events import EventColumns, FileIdentity, MetricEvent, SkipReason
 from tf_ship.shipper.parse import (
     CLEAN_LINE,
     INT64_MAX,
@@ -790,3 +790,35 @@ def test_property_fast_path_gives_what_the_general_path_gives(
         assert exact(events) == exact(general.events)
     elif plain and not tricky and max(map(len, lines)) <= max_line_bytes:
         pytest.fail("the fast path left a chunk of plain metric lines to the general path")
+
+
+def test_the_fast_paths_events_behave_as_a_list_of_metric_events() -> None:
+    """Columns inside, a plain sequence of `MetricEvent` outside: items, slices, equality."""
+    file = FileIdentity(1, 2)
+    lines = [
+        b"TORCHFORT::WANDB: model: m, step: %d, %s: %d.5\n" % (step, metric, step)
+        for step in range(3)
+        for metric in (b"loss", b"lr")
+    ]
+    chunk = b"".join(lines)
+    offsets = list(itertools.accumulate(map(len, lines), initial=100))[:-1]
+    expected = [
+        MetricEvent("m", metric, step, step + 0.5, file, offsets[2 * step + i])
+        for step in range(3)
+        for i, metric in enumerate(("loss", "lr"))
+    ]
+    events = LineParser().parse(chunk, offset=100, file=file).events
+    assert isinstance(events, EventColumns)  # the fast path's kind
+    assert len(events) == 6
+    assert events[0] == expected[0]
+    assert events[-1] == expected[-1]
+    assert type(events[3]) is MetricEvent
+    assert events[1:4] == expected[1:4]
+    assert events[::2] == expected[::2]
+    assert events[4:][0] == expected[4]
+    assert list(events) == expected
+    assert events == expected
+    assert expected == events
+    assert events != expected[:5]
+    assert all(type(event) is MetricEvent for event in events)
+    assert [event.key for event in events[2:4]] == ["m/loss", "m/lr"]

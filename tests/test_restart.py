@@ -204,6 +204,40 @@ def test_tensorboard_replay_of_an_in_flight_batch_adds_no_scalar(tmp_path: Path)
     assert (missing, doubled) == ([], [])
 
 
+def test_tensorboard_replay_of_several_batches_after_the_saved_state_adds_no_scalar(
+    tmp_path: Path,
+) -> None:
+    """A replay from an older state (several flushed batches back) stores each event once.
+
+    TensorBoard is `ReplaySafe`: the engine saves its state at most once per state interval,
+    so a crash can leave many flushed batches after the saved cursor.
+    """
+    run = RunInfo(tmp_path, tmp_path / "torchfort.log")
+    directory = tmp_path / "tb"
+    first = TensorBoardBackend(directory)
+    first.open(run)
+    done, after = events(0, 5), [events(5 + 5 * i, 10 + 5 * i) for i in range(4)]
+    assert first.prepare(done)
+    first.log_metrics(done)
+    first.flush()
+    saved = first.resume_state()
+    for batch in after:  # flushed, never saved
+        first.prepare(batch)
+        first.log_metrics(batch)
+        first.flush()
+    first.close(RunStatus.KILLED)
+
+    second = TensorBoardBackend(directory)
+    second.open(attrs.evolve(run, state=saved))
+    replay = [event for batch in after for event in batch]
+    second.prepare(replay)
+    second.log_metrics(replay)
+    second.flush()
+    second.close(RunStatus.FINISHED)
+    missing, doubled = compare(keys(done + replay), tensorboard_events(directory))
+    assert (missing, doubled) == ([], [])
+
+
 def test_wandb_replay_of_persisted_rows_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -250,3 +251,37 @@ def test_inactivity_timeout_stops_follow_mode(tmp_path: Path) -> None:
     assert len(backend.flushed) == 12
     assert backend.status is RunStatus.FINISHED
     assert "no new lines" in report.stop_reason
+
+
+@attrs.define
+class ReplaySafeRecorder(RecordingBackend):
+    """A recording backend that says a replay from any saved state stores nothing twice."""
+
+    replay_safe: bool = True
+
+
+@pytest.mark.parametrize(
+    ("kind", "most_saves"), [(RecordingBackend, None), (ReplaySafeRecorder, 5)]
+)
+def test_the_state_is_saved_after_every_batch_unless_the_backend_is_replay_safe(
+    tmp_path: Path, kind: type[RecordingBackend], most_saves: int | None
+) -> None:
+    """After each flushed batch (a crash replays one batch) unless `replay_safe`: then rarely.
+
+    Either way the final state holds the cursor at the end of the log.
+    """
+    backend = kind()
+    make_log(tmp_path, steps=200)  # 800 metric lines: 40 batches of 20
+    state_file = tmp_path / "state.json"
+    options = ShipOptions(follow=False, batch_size=20, state_file=state_file)
+    shipper = Shipper(tmp_path / "torchfort.log", {"b": backend}, options)
+    report = shipper.run()
+    assert report.ok
+    assert len(backend.events) == 800
+    assert shipper.state is not None
+    if most_saves is None:
+        assert shipper.state.saves >= 40
+    else:
+        assert shipper.state.saves <= most_saves
+    saved = json.loads(state_file.read_text())["backends"]["b"]["cursor"]
+    assert saved["offset"] == (tmp_path / "torchfort.log").stat().st_size

@@ -47,6 +47,9 @@ Optional capabilities, each its own protocol below, found once when the worker i
 - `PreferredBatchSize.preferred_batch_size`: events per batch when the user gives no
   ``--batch-size`` (a tracker whose `flush` is costly wants larger batches).
 - `ViewHint.view_hint()`: one line (a command, a URL) printed in the final summary.
+- `ReplaySafe.replay_safe`: True when a replay from ANY earlier saved cursor stores nothing
+  twice (the backend cuts back or skips what it holds); the engine then saves the state after
+  flushed batches at most once per state interval instead of after each one.
 
 Timeouts. A call that does not return within the call timeout counts as a transient failure;
 the engine waits for that same call again before it calls anything else, and takes its result
@@ -80,6 +83,7 @@ __all__ = [
     "ModelConfig",
     "PermanentBackendError",
     "PreferredBatchSize",
+    "ReplaySafe",
     "Resumable",
     "ResumableBackend",
     "RunInfo",
@@ -224,6 +228,18 @@ class PreferredBatchSize(Protocol):
     """Wants batches of its own size when the user gives no ``--batch-size``."""
 
     preferred_batch_size: int
+
+
+@runtime_checkable
+class ReplaySafe(Protocol):
+    """Stores nothing twice when the log is replayed from any earlier saved cursor.
+
+    Then a crash may cost a longer replay (up to the state interval's worth of batches), never
+    a duplicate, and the engine saves the state after flushed batches at most once per state
+    interval. A backend that only recognises a replay of the last batch must not claim it.
+    """
+
+    replay_safe: bool
 
 
 @runtime_checkable

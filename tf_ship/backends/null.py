@@ -10,6 +10,9 @@ from tf_ship.contract import MetricEvent, ModelConfig, RunInfo, RunStatus
 class NullBackend:
     """Accepts every call and keeps nothing but a count."""
 
+    replay_safe = True
+    """Nothing is kept, so nothing can be kept twice (`tf_ship.contract.ReplaySafe`)."""
+
     def __init__(self) -> None:
         self.events = 0
 

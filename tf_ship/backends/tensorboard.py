@@ -213,6 +213,9 @@ class TensorBoardBackend:
     directory recorded in its state.
     """
 
+    replay_safe = True
+    """A replay from any saved state is cut back first (`tf_ship.contract.ReplaySafe`)."""
+
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory: Path | None = Path(directory) if directory else None
         self._requested = self.directory

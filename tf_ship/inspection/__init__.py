@@ -18,6 +18,7 @@ from tf_ship.inspection.reader import CHUNK_BYTES, read_log, resolve_log
 from tf_ship.inspection.report import ConfigProblem, InspectError, LogReport, Series, SkipSummary
 from tf_ship.inspection.table import format_table
 from tf_ship.inspection.text import display_width, format_value, printable, shorten, sparkline
+from tf_ship.shipper.options import MAX_LINE_BYTES
 
 __all__ = [
     "ConfigProblem",
@@ -43,7 +44,7 @@ def inspect_log(
     log_or_dir: Path,
     *,
     chunk_bytes: int = CHUNK_BYTES,
-    max_line_bytes: int = 1 << 20,
+    max_line_bytes: int = MAX_LINE_BYTES.default,
     sample_buckets: int = SAMPLE_BUCKETS,
 ) -> LogReport:
     """Read a log (a ``torchfort.log`` file or its directory) once and report what it holds.

@@ -24,12 +24,19 @@ shipper continues the right segment.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from tf_ship.contract import MetricEvent
+from tf_ship.shipper.events import series_of, steps_of
+
+
+def _non_decreasing(steps: Sequence[int]) -> bool:
+    """True when no step is lower than the one before it (compared in C, not a Python loop)."""
+    return all(map(operator.le, steps, steps[1:]))
 
 
 class OnRestart(enum.Enum):
@@ -53,7 +60,16 @@ class Segments:
     """The highest step of each (model, metric) in the current segment, as of the cursor."""
 
     def boundary(self, events: Sequence[MetricEvent]) -> int | None:
-        """The index of the first event that starts a new segment, or None; changes nothing."""
+        """The index of the first event that starts a new segment, or None; changes nothing.
+
+        The usual chunk (one step counter shared by all series) takes a shortcut: when its steps
+        never go down and its first is at least every series' highest, no series can go back.
+        """
+        if not events:
+            return None
+        steps = steps_of(events)
+        if _non_decreasing(steps) and steps[0] >= max(self.highest.values(), default=steps[0]):
+            return None
         highest = self.highest
         seen: dict[tuple[str, str], int] = {}
         for index, event in enumerate(events):
@@ -70,6 +86,13 @@ class Segments:
     def observe(self, events: Sequence[MetricEvent]) -> None:
         """Take events the cursor has moved past into the current segment."""
         highest = self.highest
+        steps = steps_of(events)
+        if _non_decreasing(steps):  # the last step of each series is its highest
+            for key, step in dict(zip(series_of(events), steps, strict=True)).items():
+                top = highest.get(key)
+                if top is None or step > top:
+                    highest[key] = step
+            return
         for event in events:
             key = (event.model, event.metric)
             top = highest.get(key)

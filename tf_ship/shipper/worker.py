@@ -39,6 +39,7 @@ from tf_ship.contract import (
     MetricEvent,
     PermanentBackendError,
     PreferredBatchSize,
+    ReplaySafe,
     Resumable,
     RunInfo,
     RunStatus,
@@ -48,6 +49,7 @@ from tf_ship.contract import (
 from tf_ship.errors import TfShipError
 from tf_ship.redaction import redact, redact_json
 from tf_ship.shipper.configs import ConfigCatalog
+from tf_ship.shipper.events import EventColumns, models_of
 from tf_ship.shipper.monitor import BackendStats, Monitor
 from tf_ship.shipper.options import (
     BATCH_SIZE,
@@ -226,6 +228,7 @@ class BackendWorker(threading.Thread):
         self._resume_state = backend.resume_state if isinstance(backend, Resumable) else None
         self._prepare = backend.prepare if isinstance(backend, WriteAhead) else None
         self._hint = backend.view_hint if isinstance(backend, ViewHint) else None
+        self._replay_safe = isinstance(backend, ReplaySafe) and backend.replay_safe is True
         preferred = (
             backend.preferred_batch_size if isinstance(backend, PreferredBatchSize) else None
         )
@@ -289,14 +292,15 @@ class BackendWorker(threading.Thread):
 
         Call only where the two agree. A failed save raises when `required` (a write-ahead
         save, without which the batch must not be sent); otherwise it is reported and the next
-        save catches up.
+        save catches up. For a `ReplaySafe` backend only required saves are made here: the
+        periodic save writes its snapshot once per state interval (a save costs two fsyncs).
         """
         if self._resume_state is not None:
             self.resume = dict(self._resume_state())
         self._snapshot = BackendState(
             self.cursor, redact_json(self.resume), redact_json(self.segments.to_json())
         )
-        if not save or self._save is None:
+        if not save or self._save is None or (self._replay_safe and not required):
             return
         try:
             self._save()
@@ -434,7 +438,7 @@ class BackendWorker(threading.Thread):
         for start in range(0, len(events_to_send), size):
             batch = events_to_send[start : start + size]
             if shaper is None:
-                self._send_configs({event.model for event in batch}, changed=changed)
+                self._send_configs(models_of(batch), changed=changed)
             self._deliver(batch)
             if start + size < len(events_to_send):
                 following = events_to_send[start + size].offset - chunk.offset
@@ -452,11 +456,12 @@ class BackendWorker(threading.Thread):
         """Let restart detection take the events from `start` up to offset `before` (or all)."""
         if self.settings.on_restart is not OnRestart.NEW_RUN:
             return start
-        end = (
-            len(events)
-            if before is None
-            else bisect.bisect_left(events, before, lo=start, key=lambda e: e.offset)
-        )
+        if before is None:
+            end = len(events)
+        elif isinstance(events, EventColumns):
+            end = bisect.bisect_left(events.offsets, before, lo=start)
+        else:
+            end = bisect.bisect_left(events, before, lo=start, key=lambda e: e.offset)
         self.segments.observe(events[start:end])
         return end
 
