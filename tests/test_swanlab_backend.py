@@ -35,9 +35,9 @@ from support import TF_SHIP, clean_env
 from terminal import on_a_terminal
 
 from tf_ship.backends.base import FatalBackendError
-from tf_ship.backends.swanlab import KEY_MAP_CONFIG, SwanLabBackend
-from tf_ship.backends.swanlab_files import scalars, session_dirs
-from tf_ship.backends.swanlab_keys import KeyMap, is_kept, sanitize_key
+from tf_ship.backends.swanlab.backend import KEY_MAP_CONFIG, SwanLabBackend
+from tf_ship.backends.swanlab.files import scalars, session_dirs
+from tf_ship.backends.swanlab.keys import KeyMap, is_kept, sanitize_key
 from tf_ship.shipper.events import FileIdentity, MetricEvent, RunInfo, RunStatus
 
 pytest.importorskip("swanlab")

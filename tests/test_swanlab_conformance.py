@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 
 from tf_ship.backends.swanlab import SwanLabBackend
-from tf_ship.backends.swanlab_files import scalars
+from tf_ship.backends.swanlab.files import scalars
 from tf_ship.testing import StoredEvent, check_backend
 
 pytest.importorskip("swanlab")

@@ -1,6 +1,6 @@
 """A map that gives every metric name a unique key a tracker keeps as it is, and remembers it.
 
-Each tracker brings its own `KeyRules` (`tf_ship.backends.mlflow.keys`, `swanlab_keys`); the map
+Each tracker brings its own `KeyRules` (`tf_ship.backends.mlflow.keys`, `swanlab.keys`); the map
 is the same for all: a name keeps its key for good, a name the tracker would change or whose key
 is taken gets ``_2``, ``_3``, ... appended, and each rename is reported once.
 """

@@ -3,7 +3,7 @@
 One row per event, ``{"<model>/<metric>": value, "<model>/step": TorchFort step}``, at SwanLab
 step = the event's position in the run: SwanLab's own steps must be positive, below 2**48 and
 new for each key, which TorchFort's are not. Keys SwanLab would change are renamed first
-(`tf_ship.backends.swanlab_keys`). `flush` waits until SwanLab's writer thread has stored every
+(`tf_ship.backends.swanlab.keys`). `flush` waits until SwanLab's writer thread has stored every
 row and its run file has them. See docs/backends.md (SwanLab) and docs/delivery.md.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tf_ship.backends.base import plain
-from tf_ship.backends.swanlab_files import scalars, session_dirs
-from tf_ship.backends.swanlab_keys import KeyMap, metric_name, step_name
+from tf_ship.backends.swanlab.files import scalars, session_dirs
+from tf_ship.backends.swanlab.keys import KeyMap, metric_name, step_name
 from tf_ship.contract import (
     FatalBackendError,
     FileIdentity,
