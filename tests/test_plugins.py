@@ -381,6 +381,11 @@ def test_broken_plugin_specs_do_not_stop_help_or_shipping(
     assert _rows(out) == _example_events()
     assert shipped.stderr.count("tf-ship: warning: ") == len(problems)
 
+    by_spec = tmp_path / "by-spec.csv"  # csv2 has a spec and no tf_ship.backends entry point
+    built = _run_cli(path, "-b", "csv2", "--csv2-x-path", str(by_spec))
+    assert built.returncode == 0, built.stderr
+    assert _rows(by_spec) == _example_events()
+
 
 def test_a_plugin_with_only_a_backend_entry_point_still_works(
     plugin_site: Path, broken_site: Path, tmp_path: Path
