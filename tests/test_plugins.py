@@ -286,7 +286,7 @@ BROKEN = {
             'SPEC = BackendSpec("xls", "x:Y", '
             '(BackendOption("--xls-out", "out", "h", aliases=("--jsonl-path",)),))'
         ),
-        "its flag --jsonl-path must start with --xls- (as --xls-path does)",
+        "its flag --jsonl-path must start with --xls- (for example --xls-path)",
     ),
     "csv2": (
         (
@@ -298,6 +298,13 @@ BROKEN = {
     "csv2-x": (
         'SPEC = BackendSpec("csv2-x", "x:Y", (BackendOption("--csv2-x-path", "path", "h"),))',
         "--csv2-x-path is already taken by the csv2 backend: rename it",
+    ),
+    "short": (
+        (
+            'SPEC = BackendSpec("short", "x:Y", '
+            '(BackendOption("--short-x", "x", "h", aliases=("-v",)),))'
+        ),
+        "its flag -v must start with --short-",
     ),
     "Csv2": (
         'SPEC = BackendSpec("Csv2", "x:Y", (BackendOption("--Csv2-out", "path", "h"),))',

@@ -139,8 +139,10 @@ def _name_problem(spec: object, entry: EntryPoint, loaded: Mapping[str, str]) ->
 def _flag_problem(spec: BackendSpec, taken: Mapping[str, str]) -> str | None:
     """Which flag or variable of `spec` is not its own to take, said as what to fix."""
     for flag, named in _flags(spec):
-        if flag.startswith("--") and not flag.startswith(f"--{spec.name}-"):
-            return f"its flag {flag} must start with --{spec.name}- (as --{spec.name}-path does)"
+        if flag.startswith("-") and not flag.startswith(f"--{spec.name}-"):
+            return (
+                f"its flag {flag} must start with --{spec.name}- (for example --{spec.name}-path)"
+            )
         if flag in taken:
             return f"{named} is already taken by {taken[flag]}: rename it"
     return None
