@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from tf_ship.backends import specs as specs_package
+from tf_ship.backends.plugin_specs import RESERVED_WORDS
 from tf_ship.backends.registry import BUILTIN_BACKENDS, available_backends, import_object
 from tf_ship.backends.spec import BackendOption, BackendSpec, PerLogOutput
 from tf_ship.backends.specs import builtin_specs
@@ -128,7 +129,7 @@ def _request(options: dict[str, dict[str, Any]]) -> ShipRequest:
 
 def test_watch_rules_come_from_the_specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A spec's one-run option is refused by watch; its per-log option gets one place per log."""
-    monkeypatch.setattr(rules, "builtin_specs", lambda: (FAKE,))
+    monkeypatch.setattr(rules, "all_specs", lambda: (FAKE,))
     with pytest.raises(click.UsageError, match="--fake-run would send every log to one run"):
         rules.check_request(_request({"fake": {"run_id": "r1"}}))
     rules.check_request(_request({"fake": {"out": "o"}}))
@@ -148,7 +149,7 @@ def test_a_required_per_log_option_is_asked_for(monkeypatch: pytest.MonkeyPatch)
     required = BackendOption(
         "--fake-out", "out", "Output.", per_log=PerLogOutput(required=True, unset=("-",))
     )
-    monkeypatch.setattr(rules, "builtin_specs", lambda: (attrs.evolve(FAKE, options=(required,)),))
+    monkeypatch.setattr(rules, "all_specs", lambda: (attrs.evolve(FAKE, options=(required,)),))
     for options in ({}, {"out": "-"}):
         with pytest.raises(click.UsageError, match=r"needs --fake-out DIR .*one folder per log"):
             rules.check_request(_request({"fake": options}))
@@ -227,3 +228,24 @@ def test_no_backend_name_is_written_outside_its_module_and_spec() -> None:
         for hit in _named_backends(path, names)
     ]
     assert found == []
+
+
+def test_plugin_names_that_could_take_a_flag_of_tf_ship_are_reserved() -> None:
+    """Each first word of tf-ship's own flags and variables is a name no plugin may take."""
+    own_params = {spec.param_name(option) for spec in builtin_specs() for option in spec.options}
+    root = click.Context(main, info_name="tf-ship")
+    words = set()
+    for name in main.list_commands(root):
+        command = main.get_command(root, name)
+        assert command is not None
+        context = click.Context(command, info_name=name, parent=root)
+        for param in command.get_params(context):
+            if param.name in own_params or not isinstance(param, click.Option):
+                continue
+            variables = param.envvar if isinstance(param.envvar, list) else [param.envvar or ""]
+            spelled = [*param.opts, *param.secondary_opts, *variables]
+            for text in spelled:
+                word = re.split(r"[-_]", text.lstrip("-").removeprefix("TF_SHIP_"))[0].lower()
+                if text.startswith(("--", "TF_SHIP_")):
+                    words.add(word)
+    assert words <= RESERVED_WORDS, sorted(words - RESERVED_WORDS)

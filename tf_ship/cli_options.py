@@ -20,8 +20,8 @@ import attrs
 import click
 
 from tf_ship import exit_codes
+from tf_ship.backends.plugin_specs import all_specs
 from tf_ship.backends.spec import ENV_PREFIX, BackendSpec
-from tf_ship.backends.specs import builtin_specs
 from tf_ship.errors import TfShipError
 from tf_ship.redaction import RedactingFormatter, protect_standard_streams, remember_secrets_in
 from tf_ship.shipper.options import ENGINE_OPTIONS, RETRY_TIMEOUT, EngineOption
@@ -78,11 +78,12 @@ def config_defaults(
     """Turn a parsed tf-ship.toml into click defaults for a command with `params`.
 
     A setting that only another command takes (`elsewhere`) is left for that command, so that
-    one file can serve `ship`, `run` and `watch`. A table named after a backend of `specs` (the
-    built-ins by default) sets its flags; other tables go to ``--backend-opt``.
+    one file can serve `ship`, `run` and `watch`. A table named after a backend of `specs` (every
+    backend's spec, plugins' too, by default) sets its flags; other tables go to
+    ``--backend-opt``.
     """
     aliases = {"backend": "backends", "backend_opt": "backend_opts"}
-    backend_keys = _backend_keys(builtin_specs() if specs is None else specs)
+    backend_keys = _backend_keys(all_specs() if specs is None else specs)
     defaults: dict[str, Any] = {}
     extra: list[str] = []
     for key, value in data.items():
@@ -138,7 +139,7 @@ def _load_config(context: click.Context, _param: click.Parameter, value: str | N
 
 
 def backend_option_decorators(specs: Sequence[BackendSpec] | None = None) -> list[Decorator]:
-    """One click option per option of each spec (the built-ins by default: `--wandb-project`...)."""
+    """One click option per option of each spec (by default every backend's: `--wandb-project`)."""
     return [
         click.option(
             option.flag,
@@ -149,7 +150,7 @@ def backend_option_decorators(specs: Sequence[BackendSpec] | None = None) -> lis
             envvar=spec.environment_variable(option),
             help=option.help,
         )
-        for spec in (builtin_specs() if specs is None else specs)
+        for spec in (all_specs() if specs is None else specs)
         for option in spec.options
     ]
 
@@ -174,8 +175,8 @@ def engine_option_decorator(option: EngineOption[Any]) -> Decorator:
 
 
 def backend_help(specs: Sequence[BackendSpec] | None = None) -> str:
-    """The help of ``--backend``, naming every built-in backend."""
-    names = ", ".join(spec.name for spec in (builtin_specs() if specs is None else specs))
+    """The help of ``--backend``, naming every backend that has a spec (plugins' too)."""
+    names = ", ".join(spec.name for spec in (all_specs() if specs is None else specs))
     return (
         f"Where to ship: {names}, an installed plugin, or package.module:Class. Repeat to ship "
         "to several at once."
@@ -434,7 +435,7 @@ def _route_backend_options(
 ) -> dict[str, dict[str, Any]]:
     """Route `--<backend>-...` flags and `--backend-opt NAME.KEY=VALUE` to each backend."""
     routed: dict[str, dict[str, Any]] = {name: {} for name in backends}
-    for spec in builtin_specs():
+    for spec in all_specs():
         for option in spec.options:
             value = params.pop(spec.param_name(option))
             if value in (None, ()):

@@ -1,6 +1,8 @@
 """Render the command-line reference (docs/cli.md) from the click command itself.
 
-``python -m tf_ship.cli_reference > docs/cli.md``; a test checks that the file is current.
+``python -m tf_ship.cli_reference > docs/cli.md``; a test checks that the file is current. It
+shows the built-in backends only, whatever plugins are installed (their flags are left out), so
+that the file does not depend on the machine it is made on.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import inspect
 
 import click
 
+from tf_ship.backends.plugin_specs import plugin_specs
+from tf_ship.backends.specs import builtin_specs
 from tf_ship.cli import main
+from tf_ship.cli_options import backend_help
 from tf_ship.exit_codes import exit_code_table
 
 INTRO = """\
@@ -34,15 +39,19 @@ fail) and exits 1; a third exits 1 at once. The final summary goes to standard e
 
 def _options_table(command: click.Command, context: click.Context) -> list[str]:
     lines = ["| option | value | default | meaning |", "| --- | --- | --- | --- |"]
+    plugins = {spec.param_name(option) for spec in plugin_specs() for option in spec.options}
     for param in command.get_params(context):
         if not isinstance(param, click.Option) or param.get_help_record(context) is None:
+            continue
+        if param.name in plugins:
             continue
         flags = ", ".join(f"`{flag}`" for flag in [*param.opts, *param.secondary_opts])
         value = "" if param.is_flag else f"`{_metavar(param, context)}`"
         default = param.get_default(context, call=False)
         unset = default is None or default == () or type(default).__name__ == "Sentinel"
         shown = "" if param.is_flag or unset else f"`{default}`"
-        meaning = (param.help or "").replace("|", "\\|").replace("\n", " ")
+        help_text = backend_help(builtin_specs()) if param.name == "backends" else param.help
+        meaning = (help_text or "").replace("|", "\\|").replace("\n", " ")
         if param.multiple and "Repeat" not in meaning:
             meaning += " Repeatable."
         lines.append(f"| {flags} | {value} | {shown} | {meaning} |")
@@ -63,15 +72,19 @@ def render() -> str:
             else f"tf-ship {name}"
         )
         lines.extend(["", f"## {title}", ""])
-        lines.append(inspect_doc(command))
+        lines.append(inspect_doc(command, name))
         usage = " ".join(command.collect_usage_pieces(context))
         lines.extend(["", f"Usage: `tf-ship {'' if name == 'ship' else name + ' '}{usage}`", ""])
         lines.extend(_options_table(command, context))
     return "\n".join(lines) + "\n"
 
 
-def inspect_doc(command: click.Command) -> str:
-    """The command's docstring, as plain paragraphs."""
+def inspect_doc(command: click.Command, name: str = "") -> str:
+    """The command's docstring, as plain paragraphs (watch's naming the built-ins' options only)."""
+    if name == "watch":
+        from tf_ship.commands.watch import _watch_help  # noqa: PLC0415 - a lazy command
+
+        return inspect.cleandoc(_watch_help(builtin_specs()))
     return inspect.cleandoc(command.help or "").replace("\b\n", "")
 
 

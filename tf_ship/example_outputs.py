@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tf_ship.backends.specs import builtin_specs
+from tf_ship.backends.plugin_specs import all_specs
 
 EXAMPLE_OUTPUT = Path("tf-ship-example")
 """The example's folder, in the current directory."""
@@ -33,7 +33,7 @@ def example_backend_options(
     """
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H-%M-%SZ")
     placed = {name: dict(options.get(name, {})) for name in backends}
-    for spec in builtin_specs():
+    for spec in all_specs():
         if spec.place_example is not None and spec.name in placed:
             spec.place_example(placed[spec.name], folder, stamp, environ)
     return placed

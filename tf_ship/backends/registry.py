@@ -2,7 +2,9 @@
 
 Built-ins are declared by their specs (`tf_ship.backends.specs`), which name the factory by
 import path: it is imported only when chosen, so that `tf-ship --help` never pays for a tracker
-SDK. Plugins register under the entry-point group `tf_ship.backends`.
+SDK. A plugin declares a spec too (entry-point group `tf_ship.specs`,
+`tf_ship.backends.plugin_specs`), or only its class under the entry-point group
+`tf_ship.backends`; a spec wins over a class of the same name.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from tf_ship.backends.plugin_specs import plugin_specs
 from tf_ship.backends.specs import builtin_specs
 from tf_ship.contract import Backend
 from tf_ship.errors import TfShipError
@@ -29,8 +32,9 @@ class UnknownBackendError(LookupError, TfShipError):
 
 
 def plugin_backends() -> dict[str, str]:
-    """Installed plugins: name -> ``module:attr``."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Installed plugins: name -> ``module:attr`` (a spec's factory, else its class's)."""
+    classes = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**classes, **{spec.name: spec.factory for spec in plugin_specs()}}
 
 
 def available_backends() -> dict[str, str]:

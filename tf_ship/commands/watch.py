@@ -10,11 +10,13 @@ one exits at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tf_ship.backends.spec import BackendSpec
 from tf_ship.cli import CONTEXT
 from tf_ship.cli_options import EXIT_FAILURE, EXIT_OK, apply, ship_request, shipping_options
 from tf_ship.shipper.stopping import StopSignals, exit_process
@@ -74,11 +76,11 @@ _WATCH_OPTIONS = [
 ]
 
 
-def _watch_help() -> str:
+def _watch_help(specs: Sequence[BackendSpec] | None = None) -> str:
     """The command's help; which options write to one place per log comes from the specs."""
     places = ", ".join(
         f"{option.flag} DIR {'writes to' if not index else 'to'} {rule.target}"
-        for index, (_, option, rule) in enumerate(per_log_rules())
+        for index, (_, option, rule) in enumerate(per_log_rules(specs))
     )
     return f"""Ship every TorchFort log under ROOT, each to runs of its own, as new ones appear.
 

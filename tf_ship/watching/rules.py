@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
+from tf_ship.backends.plugin_specs import all_specs
 from tf_ship.backends.spec import BackendOption, BackendSpec, PerLogOutput
-from tf_ship.backends.specs import builtin_specs
 from tf_ship.cli_options import ShipRequest
 
 
@@ -18,7 +20,7 @@ def check_request(request: ShipRequest) -> None:
         )
         raise click.UsageError(msg)
     options = request.backend_options
-    for spec in builtin_specs():
+    for spec in all_specs():
         for option in spec.options:
             if option.names_one_run and options.get(spec.name, {}).get(option.keyword):
                 msg = (
@@ -37,11 +39,13 @@ def check_request(request: ShipRequest) -> None:
             raise click.UsageError(msg)
 
 
-def per_log_rules() -> list[tuple[BackendSpec, BackendOption, PerLogOutput]]:
-    """Every backend option that watch rewrites for each log, with its rule."""
+def per_log_rules(
+    specs: Sequence[BackendSpec] | None = None,
+) -> list[tuple[BackendSpec, BackendOption, PerLogOutput]]:
+    """Every option of `specs` (every backend's) that watch rewrites for each log, with its rule."""
     return [
         (spec, option, option.per_log)
-        for spec in builtin_specs()
+        for spec in (all_specs() if specs is None else specs)
         for option in spec.options
         if option.per_log is not None
     ]

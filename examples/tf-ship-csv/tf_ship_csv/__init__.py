@@ -2,7 +2,9 @@
 
 Install it (``pip install ./examples/tf-ship-csv``) and use it by name::
 
-    tf-ship --logdir run1 --backend csv --backend-opt csv.path=metrics.csv
+    tf-ship --logdir run1 --backend csv --csv-path metrics.csv
+
+Its flags, variables and TOML keys are declared in `tf_ship_csv.spec`.
 
 A row that reached the file is not written again when tf-ship re-sends its batch after a failed
 flush. A CSV file cannot be asked what it holds, so a restart of tf-ship after a crash may write
