@@ -179,9 +179,9 @@ def output_problems(
 
 
 def _flag(backend: str, keyword: str) -> str:
-    from tf_ship.backends.specs import builtin_specs  # noqa: PLC0415
+    from tf_ship.backends.plugin_specs import all_specs  # noqa: PLC0415
 
-    for spec in builtin_specs():
+    for spec in all_specs():
         for option in spec.options:
             if spec.name == backend and option.keyword == keyword:
                 return option.flag
