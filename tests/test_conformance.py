@@ -51,7 +51,7 @@ def test_null_passes(tmp_path: Path) -> None:
 
 
 def test_tensorboard_passes(tmp_path: Path) -> None:
-    """Read back with TensorBoard's own EventAccumulator, every run folder."""
+    """Read back with TensorBoard's own EventAccumulator, every run folder (the run's identity)."""
     pytest.importorskip("tensorboardX")
     from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
 
@@ -66,7 +66,9 @@ def test_tensorboard_passes(tmp_path: Path) -> None:
             acc.Reload()
             for tag in acc.Tags()["scalars"]:
                 if tag in METRICS:
-                    held += [("conformance", tag, e.step, e.value) for e in acc.Scalars(tag)]
+                    held += [
+                        ("conformance", tag, e.step, e.value, run_dir) for e in acc.Scalars(tag)
+                    ]
         return held
 
     check_backend(

@@ -65,7 +65,7 @@ def check_backend(  # noqa: PLR0913 - one optional setting each
     replay_twice: bool = False,
     break_flush: Callable[[], AbstractContextManager[object]] | None = None,
     workdir: Path | None = None,
-    values: str = "exact",
+    values: str | Iterable[str] = "exact",
     steps: str = "exact",
 ) -> None:
     """Drive ``factory()`` through the contract; raise `ConformanceError` if it broke it.
@@ -84,12 +84,14 @@ def check_backend(  # noqa: PLR0913 - one optional setting each
     Values and steps are compared exactly (NaN as NaN, -0.0 by its sign, steps as ints), unless
     the tracker documents a lossy conversion: ``values="float32"`` (it stores float32),
     ``values="finite"`` (it stores an infinity as the largest double of that sign),
+    ``values="unsigned_zero"`` (it stores -0.0 as 0.0), or several of them as a tuple;
     ``steps="float64"`` (it stores steps as doubles).
     """
-    if values not in VALUES or steps not in STEPS:
-        msg = f"values must be one of {VALUES} and steps one of {STEPS}"
+    conversions = frozenset([values] if isinstance(values, str) else values) - {"exact"}
+    if not conversions <= set(VALUES) or steps not in STEPS:
+        msg = f"values must be among {VALUES} and steps one of {STEPS}"
         raise ValueError(msg)
-    tolerance = _Tolerance(values, steps, replay_twice=replay_twice)
+    tolerance = _Tolerance(conversions, steps, replay_twice=replay_twice)
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="tf-ship-conformance-") as folder:
             _Check(
@@ -406,7 +408,7 @@ _Key = tuple[str, str, int, str]
 class _Tolerance:
     """How exactly a tracker holds values and steps; exact unless its documentation says not."""
 
-    values: str = "exact"
+    values: frozenset[str] = frozenset()
     steps: str = "exact"
     replay_twice: bool = False
 
@@ -424,14 +426,16 @@ class _Tolerance:
         number = float(value)
         if math.isnan(number):
             return "nan"
-        if self.values == "float32":
+        if "float32" in self.values:
             number = _float32(number)
-        elif self.values == "finite" and math.isinf(number):
+        if "finite" in self.values and math.isinf(number):
             number = math.copysign(sys.float_info.max, number)
+        if "unsigned_zero" in self.values and number == 0:
+            number = 0.0
         return repr(number)
 
 
-VALUES = ("exact", "float32", "finite")
+VALUES = ("exact", "float32", "finite", "unsigned_zero")
 STEPS = ("exact", "float64")
 
 
