@@ -125,7 +125,7 @@ class _Check:
         """Events stored twice by a crash's replay, which `replay_twice` allows."""
         self.runs: dict[_Key, str] = {}
         """Which tracker run each expected event belongs to: "first" or "restart"."""
-        self.run = "first"
+        self.tracker_run = "first"
 
     def run_through(self) -> None:
         first, resent, restarted, crashed, resumed = self.batches
@@ -142,8 +142,10 @@ class _Check:
                 lambda: backend.close(RunStatus.FINISHED),
                 rule="a second close must do nothing",
             )
-            self.run = "restart"
+            self.tracker_run = "restart"
             saved = self._restart(backend, restarted, crashed, first_state)
+            # a crashed tf-ship closes nothing; the kit closes the run all the same, so that a
+            # tracker with one active run per process lets the fresh object reopen it
             self._call("close(FINISHED)", lambda: backend.close(RunStatus.FINISHED))
         self._resume(saved, first_state, resumed)
 
@@ -197,7 +199,7 @@ class _Check:
         for event in batch:
             key = self.tolerance.key(event.model, event.metric, event.step, event.value)
             self.expected[key] += 1
-            self.runs[key] = self.run
+            self.runs[key] = self.tracker_run
 
     def _send_again_after_a_failed_flush(
         self, backend: Backend, batch: Sequence[MetricEvent]
