@@ -24,7 +24,7 @@ PROJECT = "conformance"
 
 
 def held_events(project: str) -> list[StoredEvent]:
-    """Every event of every run of the project, from trackio's `SQLiteStorage`."""
+    """Every event of every run of the project, with its run id, from trackio's `SQLiteStorage`."""
     from trackio.sqlite_storage import SQLiteStorage  # noqa: PLC0415 - after TRACKIO_DIR is set
 
     held = []
@@ -34,7 +34,7 @@ def held_events(project: str) -> list[StoredEvent]:
             step = values.pop("conformance/step")
             ((key, value),) = values.items()
             model, metric = key.split("/", 1)
-            held.append((model, metric, step, value))
+            held.append((model, metric, step, value, record["id"]))
     return held
 
 

@@ -34,7 +34,8 @@ def stored_events(runs: Path) -> list[StoredEvent]:
     """Every event the history rows of every run and session under `runs` hold.
 
     A row holds ``<model>/<metric>`` values and each model's x-axis ``<model>/step``. Logs of
-    live runs are read as far as they are whole (wandb-core is still writing them).
+    live runs are read as far as they are whole (wandb-core is still writing them). Each event
+    carries its run id, so that the kit checks that a resumed session continues its run.
     """
     held: list[StoredEvent] = []
     for path in transaction_logs(runs):
@@ -49,7 +50,8 @@ def stored_events(runs: Path) -> list[StoredEvent]:
                     continue
                 model = next(m for m in models if key.startswith(f"{m}/"))
                 step = row[model + X_AXIS]
-                held.append((model, key.removeprefix(f"{model}/"), step, value))
+                run = path.stem.removeprefix("run-")  # each session of a run: run-<id>.wandb
+                held.append((model, key.removeprefix(f"{model}/"), step, value, run))
     return held
 
 

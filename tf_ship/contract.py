@@ -4,15 +4,18 @@ A leaf module: the engine (`tf_ship.shipper`) and the backends (`tf_ship.backend
 it, and it imports neither. `docs/writing-a-backend.md` explains it with an example;
 `tf_ship.testing.check_backend` checks a backend against it.
 
-The calls. The engine never calls a backend concurrently: one call at a time, from the
-backend's own worker, in this order::
+The calls. The engine never calls a backend concurrently: one call at a time, all from one
+thread of the backend's own (its worker's caller thread; the constructor runs elsewhere, on the
+thread that built the backend), in this order::
 
     open(run) -> [log_config(config) | log_metrics(batch) ... flush()]* -> close(status)
 
 - `open` starts or resumes the tracker run; `run.state` holds what `resume_state` returned
   last time (empty on a first start), so a backend can reopen the same run.
 - `log_config` records a model's config; it is called before that model's first batch and again
-  whenever the config file changes.
+  whenever the config file changes, and again after a restart of tf-ship (to the resumed run
+  too). No flush of its own follows it: the next batch's `flush` (or `close`) does; a backend
+  may hold configs and metrics until `flush`.
 - `log_metrics` receives a batch of events in log order (at most the batch size).
 - `flush` returns only when everything handed over so far is durable in the tracker; the
   engine advances the backend's cursor after it returns, never before.
@@ -24,8 +27,10 @@ Two obligations follow from the log being the buffer:
 (a) A re-sent batch. When `log_metrics` or `flush` raised (or did not return within
     ``--call-timeout``), the engine retries by calling `log_metrics` again with the same batch,
     then `flush`. A backend that can tell a re-sent event (each event's `file` and `offset` name
-    its place in the log, unique within the log) stores it once: exactly-once. A backend that
-    cannot stores it twice, and is at-least-once: say so in its documentation.
+    its place in the log) stores it once: exactly-once. A backend that cannot stores it twice,
+    and is at-least-once: say so in its documentation. (`file`, `offset`) is unique within one
+    tracker run only: ``--fresh``, a truncated or replaced log and the next segment reuse
+    offsets, so scope what is stored about them by run.
 (b) Reopening after close. When the application restarted (``--on-restart new-run``), the engine
     closes the run (FINISHED) and calls `open` again, on the same object, for the next segment
     of the log: `run.segment` is then N (the N-th restart), `run.first_run` holds what the
@@ -111,9 +116,11 @@ class FileIdentity:
 class MetricEvent:
     """One metric line of the log: a value of `metric` for `model` at TorchFort step `step`.
 
-    `file` and `offset` say where its line starts in the log: together they identify the event,
-    so a backend can recognise a re-sent or replayed one (`offset` is -1 for an event made
-    without a log).
+    `file` and `offset` say where its line starts in the log: together they identify the event
+    within one tracker run, so a backend can recognise a re-sent or replayed one. The engine
+    always sets both; `file=None` occurs only in events of a `LineParser` given no file, and
+    `offset=-1` (the default) in events made by hand, as in tests. `value` may be NaN, ±inf or
+    -0.0; `step` is any int64, negative, repeated or decreasing (docs/log-format.md).
     """
 
     model: str
@@ -131,7 +138,13 @@ class MetricEvent:
 
 @attrs.frozen
 class ModelConfig:
-    """A model's YAML config, as TorchFort wrote it beside the log, with `identifier` removed."""
+    """A model's YAML config, as TorchFort wrote it beside the log, with `identifier` removed.
+
+    `config` is what PyYAML's safe loader reads: dicts (top-level keys `str`), lists, str, int,
+    float (NaN, ±inf too), bool, None, dates. `path` is the ``config_<name>.yaml`` it came from
+    (None when made by hand), `version` counts the changes seen in this process (0 first), and
+    `written_ns` is the file's modification time in nanoseconds.
+    """
 
     model: str
     config: Mapping[str, Any]
