@@ -468,7 +468,8 @@ def test_lines_between_line_starts_of_any_chunk_are_its_newlines(
                     assert chunk.lines == chunk.data.count(b"\n")
                     where = {"offset": chunk.offset, "line_number": chunk.line_number}
                     parsed = parser.parse(chunk.data, **where, lines=chunk.lines)
-                    assert parsed == parser.parse(chunk.data, **where)
+                    # compared as text: a nan value is not equal to itself
+                    assert repr(parsed) == repr(parser.parse(chunk.data, **where))
                     starts = [0] + [i + 1 for i, byte in enumerate(chunk.data[:-1]) if byte == 10]
                     newlines = newline_counter(chunk, parsed)
                     first = data.draw(st.sampled_from(starts))
