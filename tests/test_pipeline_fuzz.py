@@ -37,9 +37,10 @@ from hypothesis import strategies as st
 
 import tf_ship
 from tf_ship.shipper.events import MetricEvent, SkipReason
-from tf_ship.shipper.parse import INT64_MAX, INT64_MIN
+from tf_ship.shipper.parse import INT64_MAX, INT64_MIN, LineParser
 from tf_ship.shipper.ship import ShipOptions, Shipper, ShipReport
 from tf_ship.shipper.tail import Tailer
+from tf_ship.shipper.worker import newline_counter
 from tf_ship.testing import RecordingBackend
 
 PREFIX = b"TORCHFORT::WANDB: "
@@ -436,6 +437,48 @@ def test_follow_mode_with_random_write_pieces_gives_the_same(
     assert report.ok, report.summary()
     check_events(backend.flushed, want_events)
     want_skips.check(report.skipped)
+
+
+@settings(FUZZ, max_examples=40)
+@given(logs(), st.sampled_from([1, 64, 4096]), st.sampled_from(["clean", "fuzzed"]), st.data())
+def test_lines_between_line_starts_of_any_chunk_are_its_newlines(
+    log: tuple[list[Item], bool, int], block: int, kind: str, data: st.DataObject
+) -> None:
+    """Line numbers inside a chunk come out as counting its newlines would give them.
+
+    A clean chunk's newlines are counted once, by the tailer (`Chunk.lines`), and the cursors of
+    its batches come from the events' offsets; any other chunk is counted in its bytes. Either
+    way the parse is the same as with the parser's own count, and the lines between any two
+    line starts are the bytes' newlines.
+    """
+    items, terminated, max_line_bytes = log
+    content = (
+        numbered(0, 3 * len(items) + 1) if kind == "clean" else build(items, terminated=terminated)
+    )
+    parser = LineParser(max_line_bytes=max_line_bytes)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "torchfort.log"
+        path.write_bytes(content)
+        tailer = Tailer(path, read_block=block, max_line_bytes=max_line_bytes)
+        try:
+            read = tailer.read(hold_nul=False)
+            while not read.at_end or read.chunk is not None:
+                chunk = read.chunk
+                if chunk is not None:
+                    assert chunk.lines == chunk.data.count(b"\n")
+                    where = {"offset": chunk.offset, "line_number": chunk.line_number}
+                    parsed = parser.parse(chunk.data, **where, lines=chunk.lines)
+                    # compared as text: a nan value is not equal to itself
+                    assert repr(parsed) == repr(parser.parse(chunk.data, **where))
+                    starts = [0] + [i + 1 for i, byte in enumerate(chunk.data[:-1]) if byte == 10]
+                    newlines = newline_counter(chunk, parsed)
+                    first = data.draw(st.sampled_from(starts))
+                    later = data.draw(st.sampled_from([s for s in starts if s >= first]))
+                    assert newlines(first, later) == chunk.data.count(b"\n", first, later)
+                    assert newlines(0, starts[-1]) == len(starts) - 1
+                read = tailer.read(hold_nul=False)
+        finally:
+            tailer.close()
 
 
 @pytest.mark.parametrize("run", [100, (1 << 20) - 1, 1 << 20, 3 << 20])

@@ -150,12 +150,16 @@ class LineParser:
         offset: int = 0,
         line_number: int = 0,
         file: FileIdentity | None = None,
+        lines: int | None = None,
     ) -> ParsedChunk:
         """Parse `chunk`, which must end with a newline, found at byte `offset` of the file.
 
         `line_number` is the number of lines before the chunk; reported line numbers are 1-based.
+        `lines` is the chunk's number of newlines when the caller counted them already (the
+        tailer does), so that a large chunk is not counted twice.
         """
-        lines = chunk.count(b"\n")
+        if lines is None:
+            lines = chunk.count(b"\n")
         if chunk.endswith(b"\n") and b"\x00" not in chunk:
             events = self._parse_clean(chunk, offset, file, lines)
             if events is not None:

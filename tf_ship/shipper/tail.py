@@ -74,6 +74,11 @@ class Chunk:
     line_number: int
     end: Cursor
 
+    @property
+    def lines(self) -> int:
+        """How many lines the chunk holds (its newlines, counted once by the tailer)."""
+        return self.end.line_number - self.line_number
+
 
 @attrs.define
 class TailRead:

@@ -60,7 +60,7 @@ from tf_ship.shipper.options import (
     POLL_INTERVAL,
     RETRY_TIMEOUT,
 )
-from tf_ship.shipper.parse import LineParser
+from tf_ship.shipper.parse import LineParser, ParsedChunk
 from tf_ship.shipper.reasons import full_text, one_line, short_reason, unfixable
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.shaping import EventShaper
@@ -379,23 +379,34 @@ class BackendWorker(threading.Thread):
 
     def _ship_chunk(self, chunk: Chunk) -> None:
         parsed = self.parser.parse(
-            chunk.data, offset=chunk.offset, line_number=chunk.line_number, file=chunk.file
+            chunk.data,
+            offset=chunk.offset,
+            line_number=chunk.line_number,
+            file=chunk.file,
+            lines=chunk.lines,
         )
         if parsed.skipped:
             self.monitor.skip(self._content_key(), parsed.skipped)
         events = parsed.events
+        newlines = newline_counter(chunk, parsed)
         detect = self.settings.on_restart is OnRestart.NEW_RUN
         moved: tuple[int, int] | None = (0, chunk.line_number)  # newlines counted, for cursors
         while moved is not None:
             cut = self.segments.boundary(events) if detect else None
-            moved = self._ship_events(chunk, events[:cut], moved, restart_follows=cut is not None)
+            moved = self._ship_events(
+                chunk,
+                events[:cut],
+                moved,
+                newlines,
+                restart_follows=cut is not None,
+            )
             if moved is None:
                 return  # stopped in the middle of the chunk
             if cut is None:
                 break
             position, lines = moved
             restart = events[cut]
-            lines += chunk.data.count(b"\n", position, restart.offset - chunk.offset)
+            lines += newlines(position, restart.offset - chunk.offset)
             moved = (restart.offset - chunk.offset, lines)
             self.cursor = self.tailer.cursor_at(restart.offset, lines)
             self._next_segment(restart)
@@ -416,6 +427,7 @@ class BackendWorker(threading.Thread):
         chunk: Chunk,
         events: Sequence[MetricEvent],
         moved: tuple[int, int],
+        newlines: Callable[[int, int], int],
         *,
         restart_follows: bool,
     ) -> tuple[int, int] | None:
@@ -423,7 +435,8 @@ class BackendWorker(threading.Thread):
 
         `moved` is (position in the chunk, line number) where the cursor stands; returns where
         it stands after the last mid-chunk move, or None when stopped. Before a restart, configs
-        that changed are not sent: they belong to the application run after it.
+        that changed are not sent: they belong to the application run after it. `newlines`
+        counts the chunk's newlines between two positions (see `newline_counter`).
         """
         position, lines = moved
         shaper = self.settings.shaper
@@ -442,7 +455,7 @@ class BackendWorker(threading.Thread):
             self._deliver(batch)
             if start + size < len(events_to_send):
                 following = events_to_send[start + size].offset - chunk.offset
-                lines += chunk.data.count(b"\n", position, following)
+                lines += newlines(position, following)
                 position = following
                 self.cursor = self.tailer.cursor_at(chunk.offset + following, lines)
                 observed = self._observe(events, observed, chunk.offset + following)
@@ -705,6 +718,25 @@ class BackendWorker(threading.Thread):
         if self._caller is None:
             self._caller = _Caller(f"{self.name}-calls")
         return self._caller.submit(what, call)
+
+
+def newline_counter(chunk: Chunk, parsed: ParsedChunk) -> Callable[[int, int], int]:
+    """Counts the newlines of `chunk` between two line starts (positions in its data).
+
+    In a clean chunk (one event per line, as the parser's fast path returns it) the events'
+    offsets are the line starts, so the count is a difference of two bisections instead of
+    another pass over the bytes.
+    """
+    events = parsed.events
+    if not isinstance(events, EventColumns) or parsed.skipped or len(events) != parsed.lines:
+        return functools.partial(chunk.data.count, b"\n")
+    starts = events.offsets
+    base = chunk.offset
+
+    def newlines(start: int, end: int) -> int:
+        return bisect.bisect_left(starts, base + end) - bisect.bisect_left(starts, base + start)
+
+    return newlines
 
 
 def _seconds(seconds: float) -> str:
