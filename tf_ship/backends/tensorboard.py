@@ -223,17 +223,7 @@ class TensorBoardBackend:
         """The folder holding the first run and the restarts: what the view hint shows."""
         self._segment = 0
         self._tbx: _TensorBoardX | None = None
-        self._writers: dict[str, _ModelWriter] = {}
-        self._folders: dict[str, str] = {}
-        self._configs: dict[str, str] = {}
-        """Digest of the config written last, per model."""
-        self._token = secrets.token_hex(4)
-        self._durable_sizes: dict[str, int] = {}
-        """Size of each event file of this session at the last flush (relative paths)."""
-        self._durable_configs: dict[str, str] = {}
-        self._written: set[tuple[FileIdentity, int]] = set()
-        """Lines written since the last flush: a batch retried after a failed flush skips them."""
-        self._closed = False
+        self._reset()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -265,14 +255,17 @@ class TensorBoardBackend:
             self._cut_back(self.directory, run.state)
 
     def _reset(self) -> None:
-        """Forget the closed run, to open another."""
-        self._writers = {}
-        self._folders = {}
-        self._configs = {}
+        """Start with nothing of an earlier run (the first open, or the next segment's run)."""
+        self._writers: dict[str, _ModelWriter] = {}
+        self._folders: dict[str, str] = {}
+        self._configs: dict[str, str] = {}
+        """Digest of the config written last, per model."""
         self._token = secrets.token_hex(4)
-        self._durable_sizes = {}
-        self._durable_configs = {}
-        self._written = set()
+        self._durable_sizes: dict[str, int] = {}
+        """Size of each event file of this session at the last flush (relative paths)."""
+        self._durable_configs: dict[str, str] = {}
+        self._written: set[tuple[FileIdentity, int]] = set()
+        """Lines written since the last flush: a batch retried after a failed flush skips them."""
         self._closed = False
 
     def _cut_back(self, directory: Path, state: Mapping[str, Any]) -> None:

@@ -161,17 +161,7 @@ class SwanLabBackend:
         self._delivered: Any = None
         self._writer: Any = None
         self._resume: dict[str, Any] = {}
-        self._keys = KeyMap()
-        self._saved_renames = 0
-        self._next = 0
-        """The position of the next event in the run (the SwanLab step of its row)."""
-        self._flushed = 0
-        self._scalars = 0
-        """Scalars handed to SwanLab in this session (what its writer thread must store)."""
-        self._handed_over: set[tuple[FileIdentity | None, int]] = set()
-        self._held: dict[int, dict[str, float]] = {}
-        """Scalars earlier sessions stored past the saved position, by SwanLab step."""
-        self._rounded = 0
+        self._reset({})
         self._sessions: list[str] = []
         self._group: str | None = None
         self._tags: list[str] = []
@@ -270,10 +260,14 @@ class SwanLabBackend:
         )
         self._saved_renames = len(self._keys.renamed())
         events = state.get("events")
-        self._next = self._flushed = events if isinstance(events, int) and events >= 0 else 0
+        self._next = events if isinstance(events, int) and events >= 0 else 0
+        """The position of the next event in the run (the SwanLab step of its row)."""
+        self._flushed = self._next
         self._scalars = 0
-        self._handed_over = set()
-        self._held = {}
+        """Scalars handed to SwanLab in this session (what its writer thread must store)."""
+        self._handed_over: set[tuple[FileIdentity | None, int]] = set()
+        self._held: dict[int, dict[str, float]] = {}
+        """Scalars earlier sessions stored past the saved position, by SwanLab step."""
         self._rounded = 0
 
     def _naming(
