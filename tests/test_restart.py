@@ -270,6 +270,54 @@ def test_wandb_replay_of_persisted_rows_is_skipped(
     assert len(session_logs(runs / "wandb", run_id)) == 2
 
 
+@pytest.mark.parametrize("skipped_before_the_crash", [0, 8])
+def test_wandb_crash_before_the_replay_is_skipped_doubles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skipped_before_the_crash: int
+) -> None:
+    """A session killed before it skipped all the persisted rows: the next one skips them all.
+
+    The state it saved (after open, or after a flushed batch shorter than the rows to skip)
+    has the cursor before those rows; its count of events must be as of that cursor too.
+    """
+    runs = offline_wandb(monkeypatch, tmp_path)
+    run = RunInfo(tmp_path, tmp_path / "torchfort.log")
+    first = WandbBackend(directory=str(runs), project="tf-ship-tests")
+    first.open(run)
+    done, in_flight, more = events(0, 5), events(5, 10), events(10, 12)
+    first.log_metrics(done)
+    first.flush()
+    saved = first.resume_state()
+    first.log_metrics(in_flight)
+    first.flush()  # persisted after the saved state
+    first.close(RunStatus.KILLED)
+    settle()
+
+    second = WandbBackend(directory=str(runs), project="tf-ship-tests")
+    second.open(attrs.evolve(run, state=saved))
+    partly = in_flight[:skipped_before_the_crash]
+    if partly:
+        second.log_metrics(partly)  # all skipped: still persisted rows to skip after them
+        second.flush()
+    at_crash = second.resume_state()  # saved with the cursor after `partly`
+    assert at_crash["events"] == len(done) + len(partly)
+    second.log_metrics([*in_flight[len(partly) :], *more])
+    second.flush()  # `more` persisted after that state too
+    second.close(RunStatus.KILLED)
+    settle()
+
+    third = WandbBackend(directory=str(runs), project="tf-ship-tests")
+    third.open(attrs.evolve(run, state=at_crash))
+    replay = [*in_flight[len(partly) :], *more, *events(12, 14)]
+    third.log_metrics(replay)
+    third.flush()
+    assert third.resume_state()["events"] == len(done) + len(partly) + len(replay)
+    third.close(RunStatus.FINISHED)
+    settle()
+    found = wandb_events(runs / "wandb", str(saved["run_id"]))
+    missing, doubled = compare(keys([*done, *partly, *replay]), found)
+    assert (missing, doubled) == ([], [])
+
+
 # -- kill -9, again and again ------------------------------------------------------------------
 
 

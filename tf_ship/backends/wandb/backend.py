@@ -120,7 +120,8 @@ class WandbBackend:
         self._sent = 0
         """Events this session handed over (not counting skipped ones)."""
         self._flushed_events = 0
-        """Events the run holds as of the last flush: what the resume state records."""
+        """Events the run holds up to the cursor as of the last flush: what the resume state
+        records."""
         self._unseen: collections.deque[list[MetricEvent]] = collections.deque()
         """Rows handed over that this session's transaction log does not show yet."""
         self._tail: TransactionLogTail | None = None
@@ -163,7 +164,7 @@ class WandbBackend:
             self._tail = TransactionLogTail(current)
             if run_id:
                 self._resume_sessions(run, current, own=run_id == saved_id)
-        self._flushed_events = self._replay.held + self._sent
+        self._flushed_events = self._held_up_to_cursor()
 
     def _init(  # noqa: PLR0913 - the run, its settings and three wandb.init arguments
         self,
@@ -239,7 +240,8 @@ class WandbBackend:
     def resume_state(self) -> dict[str, Any]:
         """The run id and wandb directory, for `open` to resume the same run next time.
 
-        Also how many events the run holds as of the last flush, to recognise a replay's rows.
+        Also how many events the run holds before the cursor (as of the last flush), to
+        recognise a replay's rows.
         """
         return {**self._resume, "events": self._flushed_events}
 
@@ -307,8 +309,16 @@ class WandbBackend:
         if not run.disabled and run.settings.mode != "shared" and self._tail is not None:
             _ = run.step  # a round trip through wandb-core
             self._wait_until_logged(self._tail)
-        self._flushed_events = self._replay.held + self._sent
+        self._flushed_events = self._held_up_to_cursor()
         self._handed_over.clear()
+
+    def _held_up_to_cursor(self) -> int:
+        """The events the run holds before the cursor: not the replayed ones still to skip.
+
+        Those lie past the cursor; counted in the state, a crash before they were skipped made
+        the next session skip that many too few, and send them again.
+        """
+        return self._replay.held - self._replay.skip + self._sent
 
     def _take_logged(self, tail: TransactionLogTail) -> None:
         """Forget the rows the transaction log now shows."""
