@@ -175,7 +175,8 @@ class LineParser:
         METRIC_LINE, not for CLEAN_LINE).
 
         Each match of CLEAN_LINE starts at a newline of ``b"\n" + chunk`` and ends before the
-        next one, so as many matches as lines means every line matched. METRIC_LINE matches such
+        next one; the text split off around the matches is empty between them and is the final
+        newline after the last only when the matches cover every line. METRIC_LINE matches such
         a line with the same groups when ``float()`` reads its value: the model holds no ``,``,
         so the ``, step: `` after it is the first step field; the metric and the value hold no
         ``:``, so the ``": "`` between them is the last one; over the value's characters
@@ -183,12 +184,12 @@ class LineParser:
         occur). A value it refuses sends the chunk to the general path, as do an out-of-range
         step and an over-long line.
         """
-        found = CLEAN_LINE.findall(b"\n" + chunk)
-        if len(found) != lines or not found:
-            return None
-        fields = list(itertools.chain.from_iterable(found))  # much faster than zip(*found)
-        raw_models, raw_steps = fields[0::4], fields[1::4]
-        raw_metrics, raw_values = fields[2::4], fields[3::4]
+        # split, not findall: a flat list, without a tuple per line for the collector to track
+        parts = CLEAN_LINE.split(b"\n" + chunk)
+        if len(parts) != 5 * lines + 1 or not lines or parts[-1] != b"\n" or any(parts[0:-1:5]):
+            return None  # some text lies outside the matches: a line CLEAN_LINE does not take
+        raw_models, raw_steps = parts[1::5], parts[2::5]
+        raw_metrics, raw_values = parts[3::5], parts[4::5]
         try:
             values = list(map(float, raw_values))
         except ValueError:
