@@ -37,7 +37,7 @@ from wandb_helpers import exit_code_of, line, offline_wandb_env, run_record, wri
 
 import tf_ship
 from tf_ship.backends.wandb.transaction_log import history_rows
-from tf_ship.shipper.events import MetricEvent, ModelConfig, RunInfo, RunStatus
+from tf_ship.shipper.events import EventColumns, MetricEvent, ModelConfig, RunInfo, RunStatus
 from tf_ship.shipper.segments import OnRestart, Segments
 from tf_ship.shipper.ship import ShipOptions, Shipper
 
@@ -170,6 +170,46 @@ def test_the_boundary_and_the_highest_steps_follow_the_rule(
         highest[key] = max(highest.get(key, event.step), event.step)
     assert segments.highest == highest
     assert segments.boundary(events(*batch)) == reference_boundary(highest, events(*batch))
+    as_columns = Segments()
+    as_columns.observe(columns(seen[:cut]))  # the parser's fast path gives columns
+    assert as_columns.highest == highest
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    batch=st.lists(
+        st.tuples(st.sampled_from("abc"), st.sampled_from("xyz"), st.integers(-3, 40)), max_size=80
+    )
+)
+@hypothesis.example(batch=[("a", "x", -3), *(("b", "y", step) for step in range(60))])
+@hypothesis.example(batch=[("a", "x", -3), ("a", "y", -2), *(("b", "x", s) for s in range(60))])
+def test_the_highest_steps_of_rising_columns_are_each_series_last(
+    batch: list[tuple[str, str, int]],
+) -> None:
+    """Steps that never go down (the usual log): columns take a shortcut from the batch's tail.
+
+    Whether the tail names every series or some series only appear early, the highest steps
+    are those of the event-by-event rule.
+    """
+    rising = events(*sorted(batch, key=lambda item: item[2]))
+    expected: dict[tuple[str, str], int] = {}
+    for event in rising:
+        expected[(event.model, event.metric)] = event.step
+    segments = Segments()
+    segments.observe(columns(rising))
+    assert segments.highest == expected
+
+
+def columns(batch: Sequence[MetricEvent]) -> EventColumns:
+    """The same events as the parser's fast path holds them."""
+    return EventColumns(
+        [e.model for e in batch],
+        [e.metric for e in batch],
+        [e.step for e in batch],
+        [e.value for e in batch],
+        None,
+        [e.offset for e in batch],
+    )
 
 
 def test_segments_survive_the_state_file() -> None:

@@ -31,12 +31,28 @@ from typing import Any
 import attrs
 
 from tf_ship.contract import MetricEvent
-from tf_ship.shipper.events import series_of, steps_of
+from tf_ship.shipper.events import EventColumns, series_of, steps_of
 
 
 def _non_decreasing(steps: Sequence[int]) -> bool:
     """True when no step is lower than the one before it (compared in C, not a Python loop)."""
     return all(map(operator.le, steps, steps[1:]))
+
+
+def _last_steps(events: Sequence[MetricEvent], steps: Sequence[int]) -> dict[tuple[str, str], int]:
+    """The step of each series' last event: from the events' tail when it holds every series.
+
+    TorchFort logs every metric of every model at each step, so the last few lines name every
+    series; a dict of those spares a (model, metric) pair per event of the batch.
+    """
+    if isinstance(events, EventColumns):
+        possible = len(set(events.models)) * len(set(events.metrics))
+        tail = -4 * possible
+        series = zip(events.models[tail:], events.metrics[tail:], strict=True)
+        last = dict(zip(series, steps[tail:], strict=True))
+        if len(last) == possible or len(steps) <= 4 * possible:
+            return last
+    return dict(zip(series_of(events), steps, strict=True))
 
 
 class OnRestart(enum.Enum):
@@ -88,7 +104,7 @@ class Segments:
         highest = self.highest
         steps = steps_of(events)
         if _non_decreasing(steps):  # the last step of each series is its highest
-            for key, step in dict(zip(series_of(events), steps, strict=True)).items():
+            for key, step in _last_steps(events, steps).items():
                 top = highest.get(key)
                 if top is None or step > top:
                     highest[key] = step
