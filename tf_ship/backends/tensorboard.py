@@ -24,6 +24,7 @@ from typing import Any
 
 from tf_ship.backends.base import group_by_model_step
 from tf_ship.backends.hints import program
+from tf_ship.backends.imports import import_turn
 from tf_ship.contract import (
     FatalBackendError,
     FileIdentity,
@@ -194,10 +195,11 @@ class _TensorBoardX:
 
     def __init__(self) -> None:
         try:
-            from tensorboardX import summary  # noqa: PLC0415 - lazy: the SDK is optional
-            from tensorboardX.event_file_writer import EventsWriter  # noqa: PLC0415
-            from tensorboardX.proto.event_pb2 import Event  # noqa: PLC0415
-            from tensorboardX.proto.summary_pb2 import Summary  # noqa: PLC0415
+            with import_turn():
+                from tensorboardX import summary  # noqa: PLC0415 - lazy: the SDK is optional
+                from tensorboardX.event_file_writer import EventsWriter  # noqa: PLC0415
+                from tensorboardX.proto.event_pb2 import Event  # noqa: PLC0415
+                from tensorboardX.proto.summary_pb2 import Summary  # noqa: PLC0415
         except ImportError as error:
             raise FatalBackendError(INSTALL_HINT) from error
         self.EventsWriter = EventsWriter

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tf_ship.backends.imports import import_turn
 from tf_ship.contract import (
     FatalBackendError,
     FileIdentity,
@@ -100,8 +101,9 @@ class _Trackio:
         if wanted is not None and "trackio" not in sys.modules:
             os.environ["TRACKIO_DIR"] = str(wanted)  # trackio reads it once, at import
         try:
-            from trackio import utils  # noqa: PLC0415 - an optional extra
-            from trackio.sqlite_storage import SQLiteStorage  # noqa: PLC0415
+            with import_turn():
+                from trackio import utils  # noqa: PLC0415 - an optional extra
+                from trackio.sqlite_storage import SQLiteStorage  # noqa: PLC0415
         except ImportError as error:
             raise FatalBackendError(INSTALL_HINT) from error
         except Exception as error:

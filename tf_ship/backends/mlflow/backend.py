@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tf_ship.backends.hints import program
+from tf_ship.backends.imports import import_turn
 from tf_ship.backends.mlflow.artifacts import ConfigArtifacts
 from tf_ship.backends.mlflow.deferred import Deferred
 from tf_ship.backends.mlflow.errors import (
@@ -110,7 +111,8 @@ class MlflowBackend:
             self._reset()
         self.run_id = self._requested_run_id if run.segment == 0 else None
         try:
-            from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
+            with import_turn():
+                from mlflow import MlflowClient  # noqa: PLC0415 - imported only when MLflow is used
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             self.run_id = self._resume(run) or self._create(run)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tf_ship.backends.base import plain
+from tf_ship.backends.imports import import_turn
 from tf_ship.backends.swanlab.files import scalars, session_dirs
 from tf_ship.backends.swanlab.keys import KeyMap, metric_name, step_name
 from tf_ship.contract import (
@@ -53,7 +54,8 @@ STATES = {RunStatus.FINISHED: "success", RunStatus.KILLED: "aborted", RunStatus.
 
 def _import_swanlab() -> Any:  # noqa: ANN401 - the swanlab module
     try:
-        import swanlab  # noqa: PLC0415 - an optional extra, imported only when a run starts
+        with import_turn():
+            import swanlab  # noqa: PLC0415 - an optional extra, imported only when a run starts
     except ImportError as error:
         raise FatalBackendError(INSTALL_HINT) from error
     except Exception as error:

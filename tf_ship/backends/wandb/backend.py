@@ -20,6 +20,7 @@ from typing import Any
 
 from tf_ship.backends.base import FatalBackendError, plain
 from tf_ship.backends.hints import program
+from tf_ship.backends.imports import import_turn
 from tf_ship.backends.wandb.login import (
     OFFLINE_MODES,
     base_url,
@@ -46,7 +47,8 @@ DURABLE_TIMEOUT = 30.0
 
 def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
     try:
-        import wandb  # noqa: PLC0415 - an optional extra, imported only when a run starts
+        with import_turn():
+            import wandb  # noqa: PLC0415 - an optional extra, imported only when a run starts
     except ImportError as error:
         raise FatalBackendError(INSTALL_HINT) from error
     return wandb
