@@ -14,7 +14,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from wandb_helpers import (
     PROJECT,
     config_of,
@@ -132,6 +134,55 @@ def test_each_event_arrives_once_in_its_row(runs: Path, logdir: Path) -> None:
         assert definitions[f"{model}/*"] == f"{model}/step"
     assert hidden_metrics(path) == {"mymodel/step", "critic_0/step"}  # no charts of their own
     assert exit_code_of(path) == 0
+
+
+def reference_rows(batch: list[MetricEvent]) -> list[tuple[dict[str, Any], dict[str, list[str]]]]:
+    """The packing rule, event by event, with nothing remembered: (values, keys by model)."""
+    packed: list[tuple[dict[str, Any], dict[str, list[str]]]] = []
+    values: dict[str, Any] = {}
+    by_model: dict[str, list[str]] = {}
+    previous: tuple[str, int] | None = None
+    keys: list[str] = []
+    for event in batch:
+        model, step = event.model, event.step
+        key = metric_key(model, event.metric)
+        new_group = (model, step) != previous
+        related = any(
+            model == other or model.startswith(f"{other}/") or other.startswith(f"{model}/")
+            for other in by_model
+        )
+        if (not new_group and key in values) or (new_group and related):
+            packed.append((values, by_model))
+            values, by_model = {}, {}
+            new_group = True
+        if new_group:
+            keys = by_model.setdefault(model, [])
+        values[key] = event.value
+        values[f"{model}/step"] = step
+        keys.append(key)
+        previous = (model, step)
+    if values:
+        packed.append((values, by_model))
+    return packed
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    items=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "a/b", "c*", "step"]),
+            st.integers(0, 3),
+            st.sampled_from(["loss", "lr", "b/x", "step", "x/step"]),
+        ),
+        max_size=40,
+    )
+)
+def test_property_rows_follow_the_packing_rule(items: list[tuple[str, int, str]]) -> None:
+    """Whatever the models, steps and metrics, the rows are the rule's, events in log order."""
+    batch = [MetricEvent(m, k, s, float(i), None, i) for i, (m, s, k) in enumerate(items)]
+    packed = list(rows(batch))
+    assert [(row.values, row.keys_by_model) for row in packed] == reference_rows(batch)
+    assert [event for row in packed for event in row.events] == batch
 
 
 def test_rows_pack_models_in_log_order() -> None:

@@ -6,6 +6,7 @@ Old imports (``from tf_ship.backends.base import Backend``) keep working.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,8 +38,11 @@ def group_by_model_step(
     TorchFort writes all metrics of one (model, step) next to each other, so grouping runs of
     neighbours gives one tracker row per (model, step) without reordering anything.
     """
-    for (model, step), events in itertools.groupby(batch, key=lambda e: (e.model, e.step)):
+    for (model, step), events in itertools.groupby(batch, key=_MODEL_AND_STEP):
         yield model, step, list(events)
+
+
+_MODEL_AND_STEP = operator.attrgetter("model", "step")
 
 
 def plain(value: Any) -> Any:  # noqa: ANN401 - any YAML value

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
+import operator
 import os
 import shlex
 import time
@@ -43,6 +45,10 @@ LOG_FLUSH_INTERVAL = 0.05
 """Seconds between two writes of wandb-core's partial block to the transaction log."""
 DURABLE_TIMEOUT = 30.0
 """Seconds `flush` waits for the transaction log to hold every row (then it fails, to retry)."""
+
+
+_FILE = operator.attrgetter("file")
+_OFFSET = operator.attrgetter("offset")
 
 
 def _import_wandb() -> Any:  # noqa: ANN401 - the wandb module
@@ -115,7 +121,8 @@ class WandbBackend:
         """Start with nothing of an earlier run (the first open, or the next segment's run)."""
         self._models: set[str] = set()
         self._keys: set[str] = set()
-        self._handed_over: set[tuple[FileIdentity | None, int]] = set()
+        self._handed_over: dict[FileIdentity | None, set[int]] = {}
+        """The offsets of the events handed over since the last flush, by file."""
         self._view: str | None = None
         self._replay = Replay()
         """What earlier sessions of the run hold, and the replayed events to leave out."""
@@ -261,20 +268,28 @@ class WandbBackend:
             batch = self._replay.without_persisted(batch)
         handed_over = self._handed_over
         if handed_over:
-            batch = [e for e in batch if e.offset < 0 or (e.file, e.offset) not in handed_over]
+            batch = [
+                e for e in batch if e.offset < 0 or e.offset not in handed_over.get(e.file, ())
+            ]
         self._hand_over(run, batch)
 
     def _hand_over(self, run: Any, batch: Sequence[MetricEvent]) -> None:  # noqa: ANN401
         """Log the events as rows, remembering each until the transaction log shows it."""
-        handed_over = self._handed_over
-        for row in rows(batch):
-            for model, keys in row.keys_by_model.items():
-                self._define(run, model, keys)
-            run.log(row.values)
-            self._sent += len(row.events)
-            handed_over.update((e.file, e.offset) for e in row.events if e.offset >= 0)
-            if self._tail is not None:
-                self._unseen.append(row.events)
+        handed = 0  # the events of the rows run.log took: a prefix of the batch
+        try:
+            for row in rows(batch):
+                for model, keys in row.keys_by_model.items():
+                    if model not in self._models or not self._keys.issuperset(keys):
+                        self._define(run, model, keys)
+                run.log(row.values)
+                handed += len(row.events)
+                if self._tail is not None:
+                    self._unseen.append(row.events)
+        finally:
+            self._sent += handed
+            # events without an offset (< 0) are never taken for handed over, see log_metrics
+            for file, events in itertools.groupby(batch[:handed], key=_FILE):
+                self._handed_over.setdefault(file, set()).update(map(_OFFSET, events))
 
     def _define(self, run: Any, model: str, keys: Iterable[str]) -> None:  # noqa: ANN401
         """Give a new model its x-axis, and new keys of it that a glob would miss their own."""

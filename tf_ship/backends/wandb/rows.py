@@ -59,29 +59,50 @@ def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
     other share a row (each under its own ``<model>/step``), which halves the calls for two
     models. Log order is kept: a model that is already in the row (or a model whose keys could
     be taken for its keys) starts the next row, and so does a metric that repeats within one
-    (model, step), so that no value overwrites another.
+    (model, step), so that no value overwrites another. Keys and the models' relations are
+    worked out once per batch: a batch has a handful of them for thousands of events.
     """
+    keys: dict[tuple[str, str], str] = {}
+    axes: dict[str, str] = {}
+    related: dict[tuple[str, str], bool] = {}
     row = Row()
     for model, step, events in group_by_model_step(batch):
-        x_axis = step_key(model)
-        keys: list[str] = []
+        x_axis = axes.get(model)
+        if x_axis is None:
+            x_axis = axes[model] = step_key(model)
+        group: list[str] = []
         for event in events:
-            key = metric_key(model, event.metric)
-            if keys and key in row.values:  # a repeat within this (model, step)
+            pair = (model, event.metric)
+            key = keys.get(pair)
+            if key is None:
+                key = keys[pair] = metric_key(model, event.metric)
+            if group and key in row.values:  # a repeat within this (model, step)
                 row.values[x_axis] = step
                 yield row
-                row, keys = Row(), []
-            if not keys:
-                if not row.takes(model):
+                row, group = Row(), []
+            if not group:
+                if row.keys_by_model and not _takes(row, model, related):
                     yield row
                     row = Row()
-                row.keys_by_model[model] = keys
+                row.keys_by_model[model] = group
             row.values[key] = event.value
-            keys.append(key)
+            group.append(key)
             row.events.append(event)
         row.values[x_axis] = step
     if row.events:
         yield row
+
+
+def _takes(row: Row, model: str, related: dict[tuple[str, str], bool]) -> bool:
+    """`Row.takes`, with the relation of each pair of models remembered in `related`."""
+    for other in row.keys_by_model:
+        pair = (model, other)
+        mixes = related.get(pair)
+        if mixes is None:
+            mixes = related[pair] = _related(model, other)
+        if mixes:
+            return False
+    return True
 
 
 def _wandb_own(key: str) -> bool:
