@@ -23,7 +23,7 @@ from tf_ship.cli_options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tf_ship.cli_reference import render
 from tf_ship.exit_codes import EXIT_CODES, exit_code_table
 from tf_ship.shipper.parse import LineParser
-from tf_ship.shipper.state import STATE_NAME
+from tf_ship.shipper.places import STATE_NAME
 
 TRACKER_SDKS = ("wandb", "mlflow", "tensorboardX", "tensorboard", "torch")
 

@@ -20,8 +20,8 @@ from terminal import on_a_terminal
 
 from tf_ship.shipper import lock as lock_module
 from tf_ship.shipper.lock import Holder, LockHeldError, StateLock, release_held_locks
+from tf_ship.shipper.places import STATE_NAME
 from tf_ship.shipper.ship import ShipOptions, Shipper, ShipReport
-from tf_ship.shipper.state import STATE_NAME
 from tf_ship.testing import RecordingBackend
 
 HOST = socket.gethostname()

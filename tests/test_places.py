@@ -16,6 +16,7 @@ import pytest
 from support import TF_SHIP, clean_env, in_terminal
 
 from tf_ship.shipper.places import (
+    STATE_NAME,
     PlaceError,
     output_problems,
     state_place,
@@ -23,7 +24,6 @@ from tf_ship.shipper.places import (
     user_state_file,
     write_problem,
 )
-from tf_ship.shipper.state import STATE_NAME
 
 ReadOnly = Callable[[Path], Path]
 LINES = 40

@@ -26,10 +26,11 @@ from typing import Any
 import attrs
 
 from tf_ship.errors import TfShipError
-from tf_ship.shipper.state import STATE_NAME
 
 LOG_NAME = "torchfort.log"
 """The file TorchFort writes its metric lines to, in its log directory (docs/log-format.md)."""
+STATE_NAME = ".tf-ship-state.json"
+"""The state file's name beside the log (docs/delivery.md)."""
 STATE_DIR_NAME = "tf-ship"
 _READABLE = re.compile(r"[^A-Za-z0-9._-]+")
 _READABLE_PARTS = 2

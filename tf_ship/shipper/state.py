@@ -27,7 +27,6 @@ from tf_ship.shipper.tail import Cursor
 
 logger = logging.getLogger("tf_ship")
 
-STATE_NAME = ".tf-ship-state.json"
 STATE_VERSION = 1
 TEMP_SUFFIX = ".tmp"
 
