@@ -757,6 +757,8 @@ class Bench:
         self.work = work
         self.table = table
         self.quick = bool(args.quick)
+        self.rounds = 1 if self.quick else 2
+        """Mirrored rounds of the figures whose targets are tight (engine, TensorBoard, wandb)."""
         self.log = work / "tracker-log" / "torchfort.log"
         self.big = work / "big-log" / "torchfort.log"
         self.lines = write_log(self.log, args.lines or (10_000 if self.quick else 40_000))
@@ -823,6 +825,7 @@ class Bench:
                 lambda: self.child("wandb_packed"),
                 lambda: self.command("wandb"),
                 lambda: self.api("wandb"),
+                rounds=self.rounds,
             )
             speedup_row(self.table, "wandb: Python API vs packed-rows loop (in-process)",
                         packed, api, minimum=None, target="-")  # fmt: skip
@@ -862,6 +865,7 @@ class Bench:
             lambda: self.child("tensorboard_add_scalar"),
             lambda: self.command("tensorboard"),
             lambda: self.command("tensorboard", state=False),
+            rounds=self.rounds,
         )
         within_row(self.table, "TensorBoard: command vs add_scalar loop", add_scalar, command, 1.0)
         within_row(self.table, "TensorBoard: command vs --no-state", no_state, command, 1.1)
@@ -883,7 +887,7 @@ class Bench:
         ]
         if not self.quick:  # the in-process figure has no target: the full run only
             figures.append(lambda: self.api("null", path=big))
-        naive, command, no_state, *api = side_by_side(*figures)
+        naive, command, no_state, *api = side_by_side(*figures, rounds=self.rounds)
         ratio = naive["process_seconds"] / command["process_seconds"]
         self.table.add(
             f"engine, null backend, {self.big_lines:,} lines: command vs naive finditer loop",
