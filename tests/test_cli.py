@@ -92,6 +92,13 @@ def test_help_works_and_imports_no_tracker_sdk() -> None:
     }
     assert "click" in imported
     assert not imported & set(TRACKER_SDKS)
+    modules = {
+        entry.split("|")[-1].strip()
+        for entry in result.stderr.splitlines()
+        if entry.startswith("import time:")
+    }
+    engine = {f"tf_ship.shipper.{name}" for name in ("tail", "parse", "state", "worker", "ship")}
+    assert not modules & engine  # nor the engine: --help stays well under 0.3 s
     probe = subprocess.run(
         [
             sys.executable,
