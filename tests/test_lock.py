@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from crash_support import cursor_of
 from support import TF_SHIP, clean_env, in_terminal, wait_for
 from terminal import on_a_terminal
 
@@ -371,12 +372,8 @@ def test_a_sigkilled_shippers_lock_is_taken_over(tmp_path: Path) -> None:
     )
     try:
         size = log.stat().st_size
-        wait_for(
-            lambda: (
-                state.exists()
-                and json.loads(state.read_text())["backends"]["jsonl"]["cursor"]["offset"] == size
-            ),
-            "the follower at the end of the log, saved",
+        wait_for(  # cursor_of reads a state file missing between a save's two renames as 0
+            lambda: cursor_of(state, "jsonl") == size, "the follower at the end of the log, saved"
         )
         assert (logdir / ".tf-ship-state.json.lock").exists()
     finally:
