@@ -47,9 +47,19 @@ class Row:
     """The metric keys of each model, in log order (for the x-axis definitions)."""
     events: list[MetricEvent] = attrs.field(factory=list)
 
-    def takes(self, model: str) -> bool:
-        """True when `model` can join: not there yet, and no model whose keys could mix in."""
-        return not any(_related(model, other) for other in self.keys_by_model)
+    def takes(self, model: str, related: dict[tuple[str, str], bool]) -> bool:
+        """True when `model` can join: not there yet, and no model whose keys could mix in.
+
+        `related` remembers the answer for each pair of models (a batch has a handful).
+        """
+        for other in self.keys_by_model:
+            pair = (model, other)
+            mixes = related.get(pair)
+            if mixes is None:
+                mixes = related[pair] = _related(model, other)
+            if mixes:
+                return False
+        return True
 
 
 def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
@@ -81,7 +91,7 @@ def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
                 yield row
                 row, group = Row(), []
             if not group:
-                if row.keys_by_model and not _takes(row, model, related):
+                if row.keys_by_model and not row.takes(model, related):
                     yield row
                     row = Row()
                 row.keys_by_model[model] = group
@@ -91,18 +101,6 @@ def rows(batch: Sequence[MetricEvent]) -> Iterator[Row]:
         row.values[x_axis] = step
     if row.events:
         yield row
-
-
-def _takes(row: Row, model: str, related: dict[tuple[str, str], bool]) -> bool:
-    """`Row.takes`, with the relation of each pair of models remembered in `related`."""
-    for other in row.keys_by_model:
-        pair = (model, other)
-        mixes = related.get(pair)
-        if mixes is None:
-            mixes = related[pair] = _related(model, other)
-        if mixes:
-            return False
-    return True
 
 
 def _wandb_own(key: str) -> bool:
